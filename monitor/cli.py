@@ -1,0 +1,83 @@
+"""The ``monitor`` command line. Only this module turns errors into exit codes.
+
+Exit codes: 0 success, 1 invalid input (spec problems are printed one per line
+as ``field.path: reason``), 2 usage error (click's own).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from monitor import __version__
+from monitor.errors import MonitorError, SpecError
+from monitor.spec import load_spec
+
+__all__ = ["main"]
+
+
+def _fail(exc: MonitorError) -> None:
+    if isinstance(exc, SpecError):
+        for problem in exc.problems:
+            click.echo(f"{exc.source}: {problem}" if exc.source else problem, err=True)
+    else:
+        click.echo(f"error: {exc}", err=True)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="monitor")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def main(log_level: str) -> None:
+    """Observability, drift monitoring and auto-mitigation for ML model serving."""
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+def validate(file: Path) -> None:
+    """Validate a monitor.yaml: exit 0 when valid, 1 with one line per problem."""
+    try:
+        spec = load_spec(file)
+    except MonitorError as exc:
+        _fail(exc)
+        return
+    n = sum(len(m.features) for m in spec.models)
+    click.echo(f"{file}: valid ({len(spec.models)} model(s), {n} feature(s))")
+
+
+@main.command()
+@click.option("--config", "config", required=True, type=click.Path(path_type=Path), help="monitor.yaml")
+@click.option("--model", "model", required=True, help="Name of the model (in the spec) to front.")
+@click.option("--listen", default="127.0.0.1:8000", show_default=True, help="Proxy HOST:PORT.")
+@click.option(
+    "--metrics-listen", default="127.0.0.1:9400", show_default=True, help="Metrics HOST:PORT."
+)
+def sidecar(config: Path, model: str, listen: str, metrics_listen: str) -> None:
+    """Run the sidecar exporter: a transparent proxy to the model server with metrics."""
+    from monitor.sidecar.app import parse_listen, run_sidecar
+
+    try:
+        spec = load_spec(config)
+        spec.model(model)
+        run_sidecar(spec, model, parse_listen(listen), parse_listen(metrics_listen))
+    except MonitorError as exc:
+        _fail(exc)
+    except OSError as exc:  # e.g. address in use
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

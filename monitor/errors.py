@@ -1,0 +1,49 @@
+"""The one exception tree of the project.
+
+::
+
+    MonitorError
+    ├── SpecError            a monitor.yaml that cannot be loaded or is invalid
+    ├── PayloadError         a request/response body the adapters cannot read
+    └── CaptureError         the capture store cannot be written or read
+
+Only the CLI turns these into exit codes; services turn bad input into a 4xx
+with the reason, and the sidecar never lets a ``PayloadError`` reach the client
+(it fails open and counts the error).
+"""
+
+from __future__ import annotations
+
+
+class MonitorError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class SpecError(MonitorError):
+    """The spec file is unreadable or invalid.
+
+    ``problems`` holds one ``"field.path: reason"`` line per problem, in the
+    order found, so the CLI can print them one per line.
+    """
+
+    def __init__(self, problems: list[str], source: str = "") -> None:
+        self.problems = list(problems)
+        self.source = source
+        head = f"{source}: " if source else ""
+        super().__init__(head + "; ".join(self.problems))
+
+
+class PayloadError(MonitorError):
+    """A payload could not be interpreted by a protocol adapter.
+
+    ``reason`` is one of ``conventions.PAYLOAD_REASONS`` (a bounded label value).
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class CaptureError(MonitorError):
+    """The capture store could not be written or read."""

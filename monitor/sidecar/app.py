@@ -1,0 +1,416 @@
+"""Wiring of the sidecar: proxy + instrumentation + metrics endpoint + probes.
+
+``monitor sidecar`` calls :func:`run_sidecar`; tests use :class:`Sidecar`
+directly (with a fresh ``CollectorRegistry``) or run the CLI as a process.
+
+Endpoints on the metrics port:
+
+* ``GET /metrics``: Prometheus text format 0.0.4, or OpenMetrics 1.0 when the
+  scraper's ``Accept`` asks for it (then with trace-id exemplars on
+  ``mlmon_request_duration_seconds``);
+* ``GET /-/healthy``: 200 while the process serves;
+* ``GET /-/ready``: 200 when the upstream answered its last readiness probe, else 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.process_collector import ProcessCollector
+
+from monitor import conventions as c
+from monitor.errors import MonitorError, PayloadError
+from monitor.payload import Predictions, Rows
+from monitor.protocols import Adapter, make_adapter
+from monitor.sidecar.metrics import SidecarMetrics
+from monitor.sidecar.proxy import Exchange, ProxyServer
+from monitor.spec import ModelSpec, MonitorSpec
+from monitor.tracing import PROPAGATOR, make_tracer, traceparent_header
+
+__all__ = ["PROBE_INTERVAL_SECONDS", "Instrumentation", "Sidecar", "parse_listen", "run_sidecar"]
+
+log = logging.getLogger("monitor.sidecar")
+
+PROBE_INTERVAL_SECONDS = 5.0
+"""How often the upstream's readiness (and version, when not pinned) is probed."""
+_ERROR_OUTCOMES = frozenset(c.ERROR_OUTCOMES)
+
+
+def _is_json(ctype: bytes | None) -> bool:
+    # Absent Content-Type: many clients send JSON without one; try it.
+    return ctype is None or b"json" in ctype.lower()
+
+
+class Instrumentation:
+    """The proxy's :class:`~monitor.sidecar.proxy.Observer`: metrics, coverage, capture, spans.
+
+    Every method swallows its own failures (fail open): a payload the adapters
+    cannot read is counted in ``mlmon_payload_errors_total`` and the request is
+    proxied as if the sidecar were not there.
+    """
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        adapter: Adapter,
+        metrics: SidecarMetrics,
+        *,
+        tracer: Any = None,
+        capture: Any = None,
+    ) -> None:
+        self.model = model
+        self.adapter = adapter
+        self.metrics = metrics
+        self.tracer = tracer
+        self.capture = capture
+        self._inflight = metrics.inflight
+        self._csv_ok = model.protocol == "mlflow"
+
+    def request_started(self, ex: Exchange) -> None:
+        m = self.adapter.match(ex.method, ex.path)
+        ex.route = m.template
+        ex.model_label = m.model
+        ex.inference = m.inference
+        self._inflight.inc()
+        if self.tracer is not None:
+            headers = {}
+            tp = ex.header(b"traceparent")
+            if tp is not None:
+                headers["traceparent"] = tp.decode("latin-1")
+                ts = ex.header(b"tracestate")
+                if ts is not None:
+                    headers["tracestate"] = ts.decode("latin-1")
+            ctx = PROPAGATOR.extract(headers) if headers else None
+            method = ex.method.decode("latin-1")
+            span = self.tracer.start_span(
+                f"{method} {m.template}",
+                context=ctx,
+                kind=SpanKind.SERVER,
+                attributes={
+                    "http.request.method": method,
+                    "http.route": m.template,
+                    "url.path": ex.path,
+                    "ml.model": m.model,
+                },
+            )
+            ex.span = span
+            ex.trace_header = traceparent_header(span, ex.header(b"tracestate"))
+
+    def request_complete(self, ex: Exchange) -> None:
+        if not ex.inference:
+            return
+        metrics = self.metrics
+        if ex.truncated:
+            metrics.inspection_skipped.labels(metrics.name, c.SKIP_TOO_LARGE).inc()
+            return
+        ctype = ex.content_type
+        if not _is_json(ctype) and not (self._csv_ok and ctype is not None and b"csv" in ctype):
+            metrics.inspection_skipped.labels(metrics.name, c.SKIP_CONTENT_TYPE).inc()
+            return
+        body = ex.body_parts[0] if len(ex.body_parts) == 1 else b"".join(ex.body_parts)
+        try:
+            rows = self.adapter.parse_request(body, ctype.decode("latin-1") if ctype else None)
+        except PayloadError as exc:
+            metrics.payload_errors.labels(metrics.name, self.model.protocol, exc.reason).inc()
+            return
+        except Exception:  # noqa: BLE001 - an adapter bug must not break proxying
+            log.exception("request adapter failed; counted as invalid_shape")
+            metrics.payload_errors.labels(
+                metrics.name, self.model.protocol, c.PAYLOAD_INVALID_SHAPE
+            ).inc()
+            return
+        ex.ctx = rows
+        try:
+            metrics.observe_rows(rows)
+        except Exception:  # noqa: BLE001
+            log.exception("feature coverage failed")
+
+    def response_started(self, ex: Exchange) -> None:
+        if not ex.inference or not 200 <= ex.status < 300:
+            return
+        ctype = ex.resp_content_type
+        if ctype is not None and ctype.startswith(b"text/event-stream"):
+            ex.stream = self.adapter.stream_inspector()
+        elif _is_json(ctype):
+            ex.resp_collect = True
+
+    def request_finished(self, ex: Exchange) -> None:
+        metrics = self.metrics
+        duration = ex.t_end - ex.t_start
+        span = ex.span
+        exemplar = None
+        if span is not None:
+            sc = span.get_span_context()
+            if sc.trace_flags.sampled:
+                exemplar = {"trace_id": f"{sc.trace_id:032x}"}
+        metrics.observe_request(
+            ex.model_label, ex.route, ex.status, ex.outcome, duration, exemplar
+        )
+        self._inflight.dec()
+        if ex.streamed and ex.t_head:
+            metrics.observe_ttfb(ex.model_label, ex.route, ex.t_head - ex.t_start)
+        if ex.body_size or ex.content_length:
+            metrics.request_size.observe(ex.body_size or ex.content_length or 0)
+        if ex.local and ex.status == 413:
+            metrics.rejected.labels(metrics.name, c.REJECT_TOO_LARGE).inc()
+        if ex.inference:
+            metrics.response_size.observe(ex.resp_size)
+            preds = self._predictions(ex)
+            if preds is not None:
+                try:
+                    metrics.observe_predictions(preds)
+                except Exception:  # noqa: BLE001
+                    log.exception("prediction metrics failed")
+            rows = ex.ctx
+            if self.capture is not None and isinstance(rows, Rows) and rows.n:
+                self.capture.submit(rows, preds, self._request_id(ex, span))
+        if span is not None:
+            span.set_attribute("http.response.status_code", ex.status)
+            if ex.outcome in _ERROR_OUTCOMES:
+                span.set_status(Status(StatusCode.ERROR, ex.outcome))
+            span.end()
+
+    def _predictions(self, ex: Exchange) -> Predictions | None:
+        stream = ex.stream
+        if stream is not None:
+            if stream.first_token_at is not None and self.model.protocol == "openai":
+                self.metrics.ttft.observe(stream.first_token_at - ex.t_start)
+            return Predictions(usage=dict(stream.usage)) if stream.usage else None
+        if not ex.resp_collect or not ex.resp_parts or ex.outcome != c.OUTCOME_OK:
+            return None
+        body = ex.resp_parts[0] if len(ex.resp_parts) == 1 else b"".join(ex.resp_parts)
+        ctype = ex.resp_content_type
+        try:
+            return self.adapter.parse_response(body, ctype.decode("latin-1") if ctype else None)
+        except PayloadError:
+            return None
+        except Exception:  # noqa: BLE001
+            log.exception("response adapter failed")
+            return None
+
+    @staticmethod
+    def _request_id(ex: Exchange, span: Any) -> str:
+        rid = ex.header(b"x-request-id")
+        if rid:
+            return rid[:128].decode("latin-1")
+        if span is not None:
+            return f"{span.get_span_context().trace_id:032x}"
+        return os.urandom(16).hex()
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[::1]:8000`` for IPv6).
+
+    Raises:
+        MonitorError: not of that form, or the port is not 0-65535.
+    """
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise MonitorError(f"listen address {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8000")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class Sidecar:
+    """One running sidecar: proxy port, metrics port, readiness probe, capture writer.
+
+    Args:
+        spec: the whole spec (tracing settings come from it).
+        model_name: which model of the spec this sidecar fronts.
+        listen, metrics_listen: ``(host, port)``; port 0 picks a free one.
+        registry: metrics registry (default: a new one with process metrics).
+
+    Raises:
+        SpecError: unknown model name, or a tracing exporter that is missing.
+    """
+
+    def __init__(
+        self,
+        spec: MonitorSpec,
+        model_name: str,
+        *,
+        listen: tuple[str, int] = ("127.0.0.1", 0),
+        metrics_listen: tuple[str, int] = ("127.0.0.1", 0),
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.spec = spec
+        self.model = spec.model(model_name)
+        self.listen = listen
+        self.metrics_listen = metrics_listen
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+        self.registry = registry
+        self.metrics = SidecarMetrics(self.model, registry)
+        self.adapter = make_adapter(self.model)
+        self._tracing = make_tracer(spec.tracing, f"monitor-sidecar-{self.model.name}")
+        self.capture: Any = None
+        if self.model.capture is not None:
+            from monitor.capture import CaptureWriter
+
+            self.capture = CaptureWriter(self.model, registry=registry)
+        self.instrumentation = Instrumentation(
+            self.model,
+            self.adapter,
+            self.metrics,
+            tracer=self._tracing[0] if self._tracing else None,
+            capture=self.capture,
+        )
+        self.proxy: ProxyServer | None = None
+        self._runner: web.AppRunner | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.ready = False
+        self.port = 0
+        self.metrics_port = 0
+
+    async def start(self) -> None:
+        """Bind both ports, probe the upstream once, and start background work."""
+        m = self.model
+        self.proxy = ProxyServer(
+            m.upstream_host,
+            m.upstream_port,
+            self.instrumentation,
+            connect_timeout=m.timeouts.connect_seconds,
+            read_timeout=m.timeouts.read_seconds,
+            inspect_max_bytes=m.inspect_max_bytes,
+            max_request_bytes=m.max_request_bytes,
+        )
+        if self.capture is not None:
+            self.capture.start()
+        await self.proxy.listen(*self.listen)
+        self.port = self.proxy.port
+        app = web.Application()
+        app.router.add_get("/metrics", self._handle_metrics)
+        app.router.add_get("/-/healthy", self._handle_healthy)
+        app.router.add_get("/-/ready", self._handle_ready)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, *self.metrics_listen, reuse_address=True)
+        await site.start()
+        self.metrics_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+        timeout = aiohttp.ClientTimeout(total=min(PROBE_INTERVAL_SECONDS, m.timeouts.connect_seconds + 2))
+        self._session = aiohttp.ClientSession(timeout=timeout)
+        await self.probe()
+        self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop())
+
+    async def stop(self, grace_seconds: float = 5.0) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``grace_seconds``), flush capture."""
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+        if self.proxy is not None:
+            if self.proxy.server is not None:
+                self.proxy.server.close()
+            deadline = asyncio.get_running_loop().time() + grace_seconds
+            while any(d.current is not None for d in self.proxy.connections):
+                if asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+            await self.proxy.close()
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.capture is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.capture.close)
+        if self._tracing is not None:
+            self._tracing[1].shutdown()
+
+    async def probe(self) -> bool:
+        """Probe the upstream's readiness (and version); update ``mlmon_upstream_up``."""
+        m = self.model
+        assert self._session is not None
+        path = m.health_path or self.adapter.health_path
+        up = False
+        try:
+            async with self._session.get(m.upstream + (path or "/")) as resp:
+                await resp.read()
+                up = resp.status < 300 if path else True
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            up = False
+        self.ready = up
+        self.metrics.upstream_up.set(1 if up else 0)
+        if up and m.version is None and self.adapter.metadata_path:
+            try:
+                async with self._session.get(m.upstream + self.adapter.metadata_path) as resp:
+                    body = await resp.read()
+                    version = self.adapter.parse_version(body) if resp.status == 200 else None
+                if version:
+                    self.metrics.set_version(version)
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                pass
+        return up
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL_SECONDS)
+            try:
+                await self.probe()
+            except Exception:  # noqa: BLE001 - the probe must never die
+                log.exception("readiness probe failed")
+
+    async def _handle_metrics(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
+
+    async def _handle_healthy(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "healthy"})
+
+    async def _handle_ready(self, request: web.Request) -> web.Response:
+        if self.ready:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "upstream not ready", "upstream": self.model.upstream}, status=503)
+
+
+def run_sidecar(
+    spec: MonitorSpec, model_name: str, listen: tuple[str, int], metrics_listen: tuple[str, int]
+) -> None:
+    """Run a sidecar until SIGTERM/SIGINT, then shut down gracefully.
+
+    Uses uvloop when installed. ``PROMETHEUS_MULTIPROC_DIR`` is ignored: the
+    sidecar is one process, so there are no per-worker gauge files that could
+    outlive their worker (case C11).
+    """
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    from prometheus_client import disable_created_metrics
+
+    disable_created_metrics()
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.run
+
+    async def main() -> None:
+        sidecar = Sidecar(spec, model_name, listen=listen, metrics_listen=metrics_listen)
+        await sidecar.start()
+        log.info(
+            "sidecar for model %s: proxy on %s:%d -> %s, metrics on %s:%d",
+            sidecar.model.name,
+            listen[0],
+            sidecar.port,
+            sidecar.model.upstream,
+            metrics_listen[0],
+            sidecar.metrics_port,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+        await sidecar.stop()
+
+    runner(main())

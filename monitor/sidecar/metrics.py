@@ -1,0 +1,332 @@
+"""The sidecar's Prometheus metrics (names from :mod:`monitor.conventions`).
+
+Built on ``prometheus_client`` with a registry seam (tests pass a fresh
+``CollectorRegistry``). The hot path never calls ``.labels()`` twice for the
+same label set: children are cached in plain dicts. Feature coverage is kept in
+integer arrays owned by :class:`monitor.coverage.CoverageEvaluator` and exposed
+by a custom collector, since it is the busiest counter (rows x features per
+request).
+
+Every label value comes from a bounded set: model and feature names from the
+spec, route templates from the protocol adapter, outcomes and states from
+``conventions`` (case C17).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from monitor import conventions as c
+from monitor.coverage import CoverageEvaluator
+from monitor.payload import Predictions, Rows
+from monitor.spec import ModelSpec, OutputSpec
+
+__all__ = ["SidecarMetrics", "outcome_for_status"]
+
+UNKNOWN_VERSION = "unknown"
+
+
+def outcome_for_status(status: int) -> str:
+    """Map an HTTP status to a request outcome (1xx-3xx ok, 4xx client_error, 5xx server_error)."""
+    if status >= 500:
+        return c.OUTCOME_SERVER_ERROR
+    if status >= 400:
+        return c.OUTCOME_CLIENT_ERROR
+    return c.OUTCOME_OK
+
+
+class _CoverageCollector(Collector):
+    """Exposes ``mlmon_feature_values_total{model,feature,state}`` from the evaluator's counts."""
+
+    def __init__(self, model: str, evaluator: CoverageEvaluator) -> None:
+        self._model = model
+        self._evaluator = evaluator
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        fam = CounterMetricFamily(
+            c.FEATURE_VALUES_TOTAL,
+            "Feature values seen in inference requests, one per row per spec feature, by state.",
+            labels=[c.LABEL_MODEL, c.LABEL_FEATURE, c.LABEL_STATE],
+        )
+        for f, counts in zip(self._evaluator.features, self._evaluator.counts, strict=True):
+            for state, n in zip(c.FEATURE_STATES, counts, strict=True):
+                fam.add_metric([self._model, f.name, state], n)
+        yield fam
+
+
+class SidecarMetrics:
+    """All metrics of one sidecar (one model).
+
+    Args:
+        model: the model's spec.
+        registry: where metrics register (default: a new ``CollectorRegistry``).
+        protocol: protocol label value for payload errors (default ``model.protocol``).
+    """
+
+    def __init__(self, model: ModelSpec, registry: CollectorRegistry | None = None) -> None:
+        self.model = model
+        self.name = model.name
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        L = c  # noqa: N806 - short alias for label constants
+        self.requests = Counter(
+            c.REQUESTS_TOTAL,
+            "Requests proxied to the model server, by route template, status code and outcome.",
+            [L.LABEL_MODEL, L.LABEL_VERSION, L.LABEL_ROUTE, L.LABEL_CODE, L.LABEL_OUTCOME],
+            registry=r,
+        )
+        self.duration = Histogram(
+            c.REQUEST_DURATION_SECONDS,
+            "Time from the request head to the last response byte, in seconds.",
+            [L.LABEL_MODEL, L.LABEL_VERSION, L.LABEL_ROUTE, L.LABEL_OUTCOME],
+            buckets=model.latency_buckets,
+            registry=r,
+        )
+        self.ttfb = Histogram(
+            c.TIME_TO_FIRST_BYTE_SECONDS,
+            "Streamed responses: time from the request head to the response head, in seconds.",
+            [L.LABEL_MODEL, L.LABEL_VERSION, L.LABEL_ROUTE],
+            buckets=model.latency_buckets,
+            registry=r,
+        )
+        self.inflight = Gauge(
+            c.INFLIGHT_REQUESTS, "Requests being proxied now.", [L.LABEL_MODEL], registry=r
+        ).labels(self.name)
+        self.upstream_up = Gauge(
+            c.UPSTREAM_UP,
+            "1 when the model server answered its last readiness probe, else 0.",
+            [L.LABEL_MODEL],
+            registry=r,
+        ).labels(self.name)
+        self.info = Gauge(
+            c.MODEL_INFO,
+            "Model version served behind this sidecar (always 1).",
+            [L.LABEL_MODEL, L.LABEL_VERSION],
+            registry=r,
+        )
+        self.request_size = Histogram(
+            c.REQUEST_SIZE_BYTES,
+            "Request body size in bytes.",
+            [L.LABEL_MODEL],
+            buckets=c.SIZE_BUCKETS_BYTES,
+            registry=r,
+        ).labels(self.name)
+        self.response_size = Histogram(
+            c.RESPONSE_SIZE_BYTES,
+            "Response body size in bytes.",
+            [L.LABEL_MODEL],
+            buckets=c.SIZE_BUCKETS_BYTES,
+            registry=r,
+        ).labels(self.name)
+        self.rejected = Counter(
+            c.REJECTED_REQUESTS_TOTAL,
+            "Requests the sidecar answered itself without forwarding, by reason.",
+            [L.LABEL_MODEL, L.LABEL_REASON],
+            registry=r,
+        )
+        self.unexpected = Counter(
+            c.UNEXPECTED_FEATURES_TOTAL,
+            "Input values whose name is not a spec feature, one per row per name.",
+            [L.LABEL_MODEL],
+            registry=r,
+        ).labels(self.name)
+        self.payload_errors = Counter(
+            c.PAYLOAD_ERRORS_TOTAL,
+            "Inference payloads the sidecar could not read (they were forwarded untouched).",
+            [L.LABEL_MODEL, L.LABEL_PROTOCOL, L.LABEL_REASON],
+            registry=r,
+        )
+        self.inspection_skipped = Counter(
+            c.PAYLOAD_INSPECTION_SKIPPED_TOTAL,
+            "Inference payloads forwarded without inspection, by reason.",
+            [L.LABEL_MODEL, L.LABEL_REASON],
+            registry=r,
+        )
+        self.prediction_value = Histogram(
+            c.PREDICTION_VALUE,
+            "Numeric model outputs, one observation per row.",
+            [L.LABEL_MODEL, L.LABEL_OUTPUT],
+            buckets=_all_buckets(model.outputs),
+            registry=r,
+        )
+        self.predictions = Counter(
+            c.PREDICTIONS_TOTAL,
+            "Class outputs, one per row; classes outside the spec count as 'other'.",
+            [L.LABEL_MODEL, L.LABEL_OUTPUT, L.LABEL_CLASS],
+            registry=r,
+        )
+        self.coverage = CoverageEvaluator(model.features)
+        r.register(_CoverageCollector(self.name, self.coverage))
+
+        if model.protocol == "openai":
+            self.prompt_chars: Any = Histogram(
+                c.LLM_PROMPT_CHARACTERS,
+                "Prompt length in characters (all messages), one per request.",
+                [L.LABEL_MODEL],
+                buckets=(64, 256, 1024, 4096, 16384, 65536, 262144, 1048576),
+                registry=r,
+            ).labels(self.name)
+            tokens = Counter(
+                c.LLM_TOKENS_TOTAL,
+                "Tokens reported in responses' usage, by kind (prompt, completion).",
+                [L.LABEL_MODEL, L.LABEL_KIND],
+                registry=r,
+            )
+            self.tokens = {k: tokens.labels(self.name, k) for k in (c.TOKENS_PROMPT, c.TOKENS_COMPLETION)}
+            self.ttft: Any = Histogram(
+                c.LLM_TIME_TO_FIRST_TOKEN_SECONDS,
+                "Streamed completions: time from the request head to the first token event, in seconds.",
+                [L.LABEL_MODEL],
+                buckets=model.latency_buckets,
+                registry=r,
+            ).labels(self.name)
+
+        # Pre-create children so that rates and coverage ratios exist from the first scrape.
+        for reason in c.PAYLOAD_REASONS:
+            self.payload_errors.labels(self.name, model.protocol, reason)
+        for reason in (c.SKIP_TOO_LARGE, c.SKIP_CONTENT_TYPE):
+            self.inspection_skipped.labels(self.name, reason)
+        self.rejected.labels(self.name, c.REJECT_TOO_LARGE)
+
+        self._outputs = {o.name: o for o in model.outputs}
+        self._classes = {
+            o.name: {_class_key(x): str(x) for x in o.classes or ()} for o in model.outputs
+        }
+        self._req_children: dict[tuple[str, str, str, int, str], Any] = {}
+        self._dur_children: dict[tuple[str, str, str], Any] = {}
+        self._ttfb_children: dict[tuple[str, str], Any] = {}
+        self._pred_children: dict[tuple[str, str], Any] = {}
+        self.version = UNKNOWN_VERSION
+        self.set_version(model.version or UNKNOWN_VERSION)
+
+    # -- version --------------------------------------------------------------
+    def set_version(self, version: str) -> None:
+        """Set the served version: ``mlmon_model_info`` shows only the current one.
+
+        The old info series is removed, not left at 1 (a stale gauge would make a
+        cross-replica version check see two versions; the kind of fault in C11).
+        Counters keep their old-version series (counters never go down).
+        """
+        if version == self.version and self.info._metrics:  # noqa: SLF001
+            return
+        try:
+            self.info.remove(self.name, self.version)
+        except KeyError:
+            pass
+        self.version = version
+        self.info.labels(self.name, version).set(1)
+
+    # -- hot path -------------------------------------------------------------
+    def observe_request(
+        self,
+        model: str,
+        route: str,
+        status: int,
+        outcome: str,
+        duration: float,
+        exemplar: dict[str, str] | None,
+    ) -> None:
+        """Count one finished request and observe its duration (seconds)."""
+        version = self.version if model == self.name else ""
+        key = (model, version, route, status, outcome)
+        child = self._req_children.get(key)
+        if child is None:
+            child = self._req_children[key] = (
+                self.requests.labels(model, version, route, str(status), outcome),
+                self.duration.labels(model, version, route, outcome),
+            )
+        child[0].inc()
+        if exemplar is not None:
+            child[1].observe(duration, exemplar)
+        else:
+            child[1].observe(duration)
+
+    def observe_ttfb(self, model: str, route: str, seconds: float) -> None:
+        """Observe the time to the response head of a streamed response (seconds)."""
+        version = self.version if model == self.name else ""
+        key = (route, version)
+        child = self._ttfb_children.get(key)
+        if child is None:
+            child = self._ttfb_children[key] = self.ttfb.labels(model, version, route)
+        child.observe(seconds)
+
+    def observe_rows(self, rows: Rows) -> None:
+        """Count feature coverage and unexpected features of one request's rows."""
+        self.coverage.evaluate(rows)
+        if rows.unexpected:
+            self.unexpected.inc(rows.unexpected)
+        if self.model.protocol == "openai":
+            chars = rows.extra.get("prompt_characters")
+            if chars is not None:
+                self.prompt_chars.observe(chars)
+
+    def observe_predictions(self, preds: Predictions) -> None:
+        """Observe the declared outputs of one response (one value per row)."""
+        outputs = preds.outputs
+        for spec_name, spec in self._outputs.items():
+            if spec_name == "*":
+                if not outputs:
+                    continue
+                values = next(iter(outputs.values()))
+                label = "prediction"
+            else:
+                values = outputs.get(spec_name)  # type: ignore[assignment]
+                if values is None:
+                    continue
+                label = spec_name
+            if spec.type == "numerical":
+                hist = self._pred_child(label, None)
+                for v in values:
+                    t = type(v)
+                    if (t is float or t is int) and v == v:
+                        hist.observe(v)
+            else:
+                classes = self._classes[spec_name]
+                for v in values:
+                    if isinstance(v, list) and len(v) == 1:
+                        v = v[0]
+                    cls = classes.get(_class_key(v), c.CLASS_OTHER) if _scalar(v) else c.CLASS_OTHER
+                    self._pred_child(label, cls).inc()
+        if preds.usage and self.model.protocol == "openai":
+            for kind, n in preds.usage.items():
+                child = self.tokens.get(kind)
+                if child is not None and n > 0:
+                    child.inc(n)
+
+    def _pred_child(self, output: str, cls: str | None) -> Any:
+        key = (output, cls or "")
+        child = self._pred_children.get(key)
+        if child is None:
+            if cls is None:
+                child = self.prediction_value.labels(self.name, output)
+            else:
+                child = self.predictions.labels(self.name, output, cls)
+            self._pred_children[key] = child
+        return child
+
+
+def _scalar(v: Any) -> bool:
+    return isinstance(v, (str, int, float, bool))
+
+
+def _class_key(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _all_buckets(outputs: list[OutputSpec]) -> list[float]:
+    # One histogram family must have one bucket layout; with several numerical
+    # outputs the union of their buckets is used.
+    merged: set[float] = set()
+    for o in outputs:
+        if o.type == "numerical":
+            merged.update(o.buckets or c.DEFAULT_PREDICTION_BUCKETS)
+    return sorted(merged) or list(c.DEFAULT_PREDICTION_BUCKETS)

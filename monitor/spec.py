@@ -1,0 +1,408 @@
+"""``monitor.yaml``: the one spec every part of the project is generated from.
+
+The file is parsed once (:func:`load_spec`) into the typed models below
+(pydantic v2, ``extra="forbid"``, so a typo is an error, never ignored). Every
+field documents its unit and default where it is declared. Problems are
+reported as ``field.path: reason`` lines, e.g.
+``models[0].features[2].max: must be > min``.
+
+Schema version: ``apiVersion: monitor/v1``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from monitor import conventions as c
+from monitor.errors import SpecError
+
+__all__ = [
+    "API_VERSION",
+    "CaptureSpec",
+    "FeatureSpec",
+    "ModelSpec",
+    "MonitorSpec",
+    "OutputSpec",
+    "TimeoutSpec",
+    "TracingSpec",
+    "load_spec",
+    "parse_spec",
+]
+
+API_VERSION = "monitor/v1"
+
+_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.\-]{0,62}$")
+Protocol = Literal["v2", "v1", "tfserving", "mlflow", "openai", "json"]
+Category = str | int | float | bool
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_name(value: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError(
+            "must start with a letter or '_' and hold only letters, digits, '_', '.', '-' "
+            "(at most 63 characters)"
+        )
+    return value
+
+
+class FeatureSpec(_Model):
+    """One model input feature, in the column order of a positional input."""
+
+    name: str
+    """Feature name as sent by clients (a named input, record key or column)."""
+    type: Literal["numerical", "categorical"] = "numerical"
+    """``numerical`` (a finite number) or ``categorical`` (a scalar from a set)."""
+    min: float | None = None
+    """Inclusive lower bound of a numerical feature; below it counts ``out_of_range``."""
+    max: float | None = None
+    """Inclusive upper bound of a numerical feature; above it counts ``out_of_range``."""
+    categories: list[Category] | None = None
+    """Known values of a categorical feature; any other counts ``unseen_category``."""
+    pii: bool = False
+    """Personal data: counted for coverage but never written to the capture store."""
+    required: bool = True
+    """Whether clients must send it (optional features may be ``missing`` by design)."""
+    description: str = ""
+    """Free text shown in reports and dashboards."""
+
+    _check = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
+
+    @field_validator("max")
+    @classmethod
+    def _max_above_min(cls, v: float | None, info: ValidationInfo) -> float | None:
+        lo = info.data.get("min")
+        if v is not None and lo is not None and not v > lo:
+            raise ValueError("must be > min")
+        return v
+
+    @field_validator("min", "max")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @field_validator("categories")
+    @classmethod
+    def _categories(cls, v: list[Category] | None) -> list[Category] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("must not be empty (omit it to accept any value)")
+            if len({str(x) for x in v}) != len(v):
+                raise ValueError("must not repeat a value")
+        return v
+
+    @model_validator(mode="after")
+    def _type_fields(self) -> FeatureSpec:
+        if self.type == "categorical" and (self.min is not None or self.max is not None):
+            raise ValueError(f"feature {self.name!r}: min/max apply to numerical features only")
+        if self.type == "numerical" and self.categories is not None:
+            raise ValueError(f"feature {self.name!r}: categories apply to categorical features only")
+        return self
+
+
+class OutputSpec(_Model):
+    """One model output tracked as a prediction metric."""
+
+    name: str
+    """Output name (V2 output tensor name, a key of a record prediction), or ``*`` for
+    the first/only output of the response."""
+    type: Literal["numerical", "categorical"] = "numerical"
+    """``numerical``: observed in ``mlmon_prediction_value``; ``categorical``: counted in
+    ``mlmon_predictions_total`` by class."""
+    classes: list[Category] | None = None
+    """Declared classes of a categorical output; others are counted as ``other``.
+    Required for categorical outputs (label values must be bounded)."""
+    buckets: list[float] | None = None
+    """Histogram buckets of a numerical output; default 0.1 .. 1.0 in steps of 0.1."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return v if v == "*" else _check_name(v)
+
+    @field_validator("buckets")
+    @classmethod
+    def _buckets(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None:
+            _check_buckets(v)
+        return v
+
+    @model_validator(mode="after")
+    def _classes(self) -> OutputSpec:
+        if self.type == "categorical" and not self.classes:
+            raise ValueError(f"output {self.name!r}: categorical outputs need 'classes'")
+        return self
+
+
+def _check_buckets(v: list[float]) -> None:
+    if not v:
+        raise ValueError("must not be empty")
+    if any(not math.isfinite(b) for b in v):
+        raise ValueError("must be finite numbers (+Inf is added automatically)")
+    if any(nxt <= cur for cur, nxt in zip(v, v[1:], strict=False)):
+        raise ValueError("must be strictly increasing")
+
+
+class CaptureSpec(_Model):
+    """Sampled input capture for the drift job (Parquet files)."""
+
+    dir: Path = Path("./capture")
+    """Directory of the capture store; created when missing."""
+    sample_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    """Share of rows written, 0-1 (default 1.0: every row)."""
+    max_bytes: Annotated[int, Field(gt=0)] = 1 << 30
+    """Total size bound of the store in bytes (default 1 GiB); oldest files go first."""
+    rotate_seconds: Annotated[float, Field(gt=0)] = 60.0
+    """A file is closed after this many seconds (default 60)."""
+    max_file_bytes: Annotated[int, Field(gt=0)] = 64 << 20
+    """A file is closed once its buffered rows reach about this size (default 64 MiB)."""
+    queue_rows: Annotated[int, Field(gt=0)] = 100_000
+    """Rows that may wait for the writer; beyond, rows are dropped and counted."""
+
+
+class TimeoutSpec(_Model):
+    """Upstream timeouts of the sidecar."""
+
+    connect_seconds: Annotated[float, Field(gt=0)] = 5.0
+    """TCP connect timeout in seconds (default 5); expiry answers 504."""
+    read_seconds: Annotated[float, Field(gt=0)] = 60.0
+    """Longest wait for the upstream's response head or next body bytes (default 60 s);
+    expiry answers 504 (or aborts a stream already under way)."""
+
+
+class ModelSpec(_Model):
+    """One model server the sidecar sits in front of."""
+
+    name: str
+    """Model name: the ``model`` label everywhere, and the name in the upstream's routes
+    unless ``upstream_name`` is set."""
+    protocol: Protocol = "v2"
+    """Wire protocol: v2 (Open Inference Protocol), v1 (KServe V1), tfserving, mlflow,
+    openai, json (plain JSON records)."""
+    upstream: str
+    """Base URL of the model server, ``http://host:port``."""
+    upstream_name: str | None = None
+    """Model name in the upstream's routes when it differs from ``name``."""
+    version: str | None = None
+    """Served model version; when unset it is read from upstream metadata (v2, v1,
+    tfserving) and otherwise reported as ``unknown``."""
+    features: list[FeatureSpec] = []
+    """Input features in column order of a 2-D tensor or positional row."""
+    outputs: list[OutputSpec] = [OutputSpec(name="*")]
+    """Outputs tracked as predictions (default: the first output, numerical)."""
+    capture: CaptureSpec | None = None
+    """Input capture; omitted = no capture."""
+    latency_buckets: list[float] = list(c.DEFAULT_LATENCY_BUCKETS)
+    """Request-duration histogram buckets in seconds (default 1 ms .. 60 s)."""
+    timeouts: TimeoutSpec = TimeoutSpec()
+    """Upstream timeouts."""
+    health_path: str | None = None
+    """Path probed for ``mlmon_upstream_up`` and ``/-/ready``; default per protocol
+    (v2 ``/v2/health/ready``, v1/tfserving ``/v1/models/<name>``, mlflow ``/ping``,
+    openai ``/v1/models``, json: any HTTP answer on ``/``)."""
+    inference_paths: list[str] = ["/predict"]
+    """json protocol only: paths whose POST bodies are inference requests."""
+    inspect_max_bytes: Annotated[int, Field(gt=0)] = 8 << 20
+    """Largest body parsed for metrics (default 8 MiB); larger bodies pass through
+    uninspected and are counted in ``mlmon_payload_inspection_skipped_total``."""
+    max_request_bytes: Annotated[int, Field(gt=0)] | None = None
+    """When set, a request declaring a larger body is answered 413 by the sidecar."""
+
+    _check = field_validator("name", "upstream_name")(
+        classmethod(lambda cls, v: v if v is None else _check_name(v))
+    )
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError("must be an http:// URL with a host, e.g. http://127.0.0.1:8080")
+        if parts.path not in ("", "/") or parts.query:
+            raise ValueError("must be a base URL without path or query")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"bad port: {exc}") from None
+        return v.rstrip("/")
+
+    @field_validator("latency_buckets")
+    @classmethod
+    def _lat_buckets(cls, v: list[float]) -> list[float]:
+        _check_buckets(v)
+        if v[0] <= 0:
+            raise ValueError("must be positive seconds")
+        return v
+
+    @field_validator("features")
+    @classmethod
+    def _unique_features(cls, v: list[FeatureSpec]) -> list[FeatureSpec]:
+        seen: set[str] = set()
+        for i, f in enumerate(v):
+            if f.name in seen:
+                raise ValueError(f"feature name {f.name!r} repeats (features[{i}])")
+            seen.add(f.name)
+        return v
+
+    @field_validator("outputs")
+    @classmethod
+    def _unique_outputs(cls, v: list[OutputSpec]) -> list[OutputSpec]:
+        names = [o.name for o in v]
+        if len(set(names)) != len(names):
+            raise ValueError("output names must not repeat")
+        return v
+
+    @field_validator("health_path")
+    @classmethod
+    def _health_path(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
+
+    @property
+    def route_name(self) -> str:
+        """Model name as it appears in the upstream's URL paths."""
+        return self.upstream_name or self.name
+
+    @property
+    def upstream_host(self) -> str:
+        """Host part of ``upstream``."""
+        return urlsplit(self.upstream).hostname or "127.0.0.1"
+
+    @property
+    def upstream_port(self) -> int:
+        """Port of ``upstream`` (80 when the URL names none)."""
+        return urlsplit(self.upstream).port or 80
+
+
+class TracingSpec(_Model):
+    """OpenTelemetry tracing of proxied requests."""
+
+    enabled: bool = True
+    """One span per proxied request, ``traceparent`` propagated upstream (default on)."""
+    otlp_endpoint: str | None = None
+    """OTLP/HTTP traces endpoint, e.g. ``http://127.0.0.1:4318/v1/traces``; unset = spans
+    are made (for exemplars and propagation) but not exported."""
+    sample_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    """Share of root traces sampled (parent-based: an incoming sampled parent is kept)."""
+
+
+class MonitorSpec(_Model):
+    """The whole ``monitor.yaml``."""
+
+    apiVersion: Literal["monitor/v1"]  # noqa: N815 - the YAML key
+    """Schema version; only ``monitor/v1`` exists."""
+    service: str
+    """Service name, used in rule, alert and dashboard names."""
+    models: list[ModelSpec]
+    """The models monitored; names are unique."""
+    tracing: TracingSpec = TracingSpec()
+    """Tracing settings shared by every sidecar."""
+
+    _check = field_validator("service")(classmethod(lambda cls, v: _check_name(v)))
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: list[ModelSpec]) -> list[ModelSpec]:
+        if not v:
+            raise ValueError("must list at least one model")
+        names = [m.name for m in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(dup)}")
+        if c.MODEL_OTHER in names:
+            raise ValueError(f"{c.MODEL_OTHER!r} is reserved for unknown models")
+        return v
+
+    def model(self, name: str) -> ModelSpec:
+        """Return the model named ``name``.
+
+        Raises:
+            SpecError: no model has that name (the message lists the names).
+        """
+        for m in self.models:
+            if m.name == name:
+                return m
+        known = ", ".join(m.name for m in self.models)
+        raise SpecError([f"models: no model named {name!r} (known: {known})"])
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(root)"
+
+
+def _format_error(err: Any) -> str:
+    msg = str(err["msg"])
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field (check the spelling; see docs/spec.md)"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    # Union members add their type name ("float", "str", ...) to the loc; drop them.
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and not p.isidentifier()))
+    return f"{_format_loc(loc)}: {msg}"
+
+
+def parse_spec(data: Any, source: str = "") -> MonitorSpec:
+    """Validate already-loaded YAML data into a :class:`MonitorSpec`.
+
+    Raises:
+        SpecError: with one ``field.path: reason`` line per problem.
+    """
+    if not isinstance(data, dict):
+        raise SpecError(["(root): must be a mapping with apiVersion, service and models"], source)
+    try:
+        return MonitorSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError([_format_error(e) for e in exc.errors()], source) from None
+
+
+def load_spec(path: str | Path) -> MonitorSpec:
+    """Read and validate a ``monitor.yaml``.
+
+    Relative paths inside the spec (capture dirs) stay relative to the current
+    working directory, as in the file.
+
+    Raises:
+        SpecError: the file is missing, is not YAML, or is invalid.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError([f"(file): cannot read: {exc.strerror or exc}"], str(p)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([f"(yaml): {where}{problem}"], str(p)) from None
+    return parse_spec(data, str(p))
