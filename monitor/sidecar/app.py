@@ -46,9 +46,17 @@ PROBE_INTERVAL_SECONDS = 5.0
 _ERROR_OUTCOMES = frozenset(c.ERROR_OUTCOMES)
 
 
+_BINARY_TYPES = (b"application/octet-stream", b"multipart/", b"image/", b"audio/", b"video/")
+
+
 def _is_json(ctype: bytes | None) -> bool:
-    # Absent Content-Type: many clients send JSON without one; try it.
-    return ctype is None or b"json" in ctype.lower()
+    """Whether a body may be JSON. Model servers parse the body as JSON whatever
+    the header says (``curl -d`` sends a form type), so only clearly non-JSON
+    types (binary tensors, multipart, media, CSV) are skipped."""
+    if ctype is None:
+        return True
+    low = ctype.lower()
+    return not (low.startswith(_BINARY_TYPES) or b"csv" in low)
 
 
 class Instrumentation:

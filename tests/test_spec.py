@@ -1,0 +1,148 @@
+"""monitor.yaml parsing: valid specs load; every problem names its field path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from monitor.errors import SpecError
+from monitor.spec import load_spec, parse_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+ISSUE_EXAMPLE = """
+apiVersion: monitor/v1
+service: demo
+models:
+  - name: bc
+    protocol: v2
+    upstream: http://127.0.0.1:8080
+    version: "1"
+    features:
+      - {name: f0, type: numerical, min: 0, max: 10}
+      - {name: f1, type: numerical}
+      - {name: f2, type: categorical, categories: [a, b]}
+      - {name: email, type: categorical, pii: true, required: false}
+    capture: {dir: ./capture, sample_rate: 1.0, max_bytes: 1073741824, rotate_seconds: 60}
+"""
+
+
+def base() -> dict:
+    return yaml.safe_load(ISSUE_EXAMPLE)
+
+
+def test_the_example_from_the_issue_loads_with_its_values() -> None:
+    spec = parse_spec(base())
+    m = spec.model("bc")
+    assert [f.name for f in m.features] == ["f0", "f1", "f2", "email"]
+    assert (m.features[0].min, m.features[0].max) == (0.0, 10.0)
+    assert m.features[2].categories == ["a", "b"]
+    assert m.features[3].pii is True and m.features[3].required is False
+    assert m.capture is not None and m.capture.max_bytes == 1 << 30
+    assert (m.upstream_host, m.upstream_port) == ("127.0.0.1", 8080)
+
+
+def test_the_shipped_demo_spec_is_valid_and_has_the_30_breast_cancer_features() -> None:
+    from monitor.modelserver import breast_cancer_feature_names
+
+    spec = load_spec(ROOT / "deploy" / "monitor.yaml")
+    assert [f.name for f in spec.model("bc").features] == breast_cancer_feature_names()
+
+
+def _mutate(path: list, value: object) -> dict:
+    data = base()
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    if value is KeyError:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (["models", 0, "features", 2], {"name": "f2", "min": 5, "max": 1},
+         "models[0].features[2].max: must be > min"),
+        (["models", 0, "features", 1, "colour"], 1,
+         "models[0].features[1].colour: unknown field"),
+        (["models", 0, "upstream"], "ftp://x", "models[0].upstream: must be an http:// URL"),
+        (["models", 0, "capture", "sample_rate"], 1.5,
+         "models[0].capture.sample_rate: Input should be less than or equal to 1"),
+        (["models", 0, "protocol"], "grpc", "models[0].protocol: Input should be"),
+        (["apiVersion"], "monitor/v2", "apiVersion: Input should be 'monitor/v1'"),
+        (["service"], KeyError, "service: required field is missing"),
+        (["models", 0, "features", 0, "categories"], ["a"],
+         "models[0].features[0]: feature 'f0': categories apply to categorical features only"),
+        (["models", 0, "latency_buckets"], [0.1, 0.05], "models[0].latency_buckets: must be strictly increasing"),
+        (["models", 0, "features", 1, "name"], "f0", "models[0].features: feature name 'f0' repeats"),
+        (["models", 0, "outputs"], [{"name": "label", "type": "categorical"}],
+         "models[0].outputs[0]: output 'label': categorical outputs need 'classes'"),
+        (["models", 0, "name"], "other", "models: 'other' is reserved"),
+    ],
+    ids=[
+        "A max below min names the max field of that feature.",
+        "A misspelt key is rejected as an unknown field, not ignored.",
+        "A non-http upstream is rejected with an example of a good one.",
+        "A sample rate above 1 is rejected.",
+        "An unknown protocol is rejected.",
+        "An unknown apiVersion is rejected.",
+        "A missing service is reported as missing.",
+        "Categories on a numerical feature are rejected.",
+        "Decreasing latency buckets are rejected.",
+        "A repeated feature name is rejected.",
+        "A categorical output without classes is rejected (labels must be bounded).",
+        "The reserved model name 'other' is rejected.",
+    ],
+)
+def test_each_problem_names_the_field_path(path: list, value: object, expected: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec(_mutate(path, value))
+    assert any(p.startswith(expected) for p in err.value.problems), err.value.problems
+
+
+def test_several_problems_are_all_reported_one_per_line() -> None:
+    data = _mutate(["models", 0, "upstream"], "nope")
+    data["models"][0]["features"][0]["max"] = -1
+    with pytest.raises(SpecError) as err:
+        parse_spec(data)
+    assert len(err.value.problems) == 2
+
+
+def test_validate_cli_exits_0_when_valid_and_1_with_one_line_per_problem(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(ISSUE_EXAMPLE)
+    ok = subprocess.run([sys.executable, "-m", "monitor", "validate", str(good)],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_mutate(["models", 0, "features", 2],
+                                          {"name": "f2", "min": 5, "max": 1})))
+    res = subprocess.run([sys.executable, "-m", "monitor", "validate", str(bad)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.strip() == f"{bad}: models[0].features[2].max: must be > min"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("models: [", "(yaml): line 1"), ("- a\n- b\n", "(root): must be a mapping")],
+    ids=["Broken YAML names the line.", "A YAML list instead of a mapping is rejected."],
+)
+def test_unreadable_files_give_one_clear_line(tmp_path: Path, text: str, expected: str) -> None:
+    p = tmp_path / "m.yaml"
+    p.write_text(text)
+    with pytest.raises(SpecError) as err:
+        load_spec(p)
+    assert err.value.problems[0].startswith(expected)
+
+
+def test_a_missing_file_is_reported_not_raised_as_a_traceback(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="cannot read"):
+        load_spec(tmp_path / "absent.yaml")
