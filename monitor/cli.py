@@ -7,6 +7,7 @@ as ``field.path: reason``), 2 usage error (click's own).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -66,6 +67,13 @@ def validate(file: Path) -> None:
 )
 def sidecar(config: Path, model: str, listen: str, metrics_listen: str) -> None:
     """Run the sidecar exporter: a transparent proxy to the model server with metrics."""
+    # One process, so no multiprocess mode: its per-worker files outlive dead
+    # workers and their gauges keep being exported (case C11). prometheus_client
+    # reads this variable when first imported, so drop it before that.
+    if os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None):
+        logging.getLogger("monitor.sidecar").warning(
+            "PROMETHEUS_MULTIPROC_DIR ignored: the sidecar is a single process"
+        )
     from monitor.sidecar.app import parse_listen, run_sidecar
 
     try:

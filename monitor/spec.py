@@ -220,6 +220,8 @@ class ModelSpec(_Model):
     """Path probed for ``mlmon_upstream_up`` and ``/-/ready``; default per protocol
     (v2 ``/v2/health/ready``, v1/tfserving ``/v1/models/<name>``, mlflow ``/ping``,
     openai ``/v1/models``, json: any HTTP answer on ``/``)."""
+    probe_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
+    """Seconds between readiness (and version) probes of the upstream (default 5)."""
     inference_paths: list[str] = ["/predict"]
     """json protocol only: paths whose POST bodies are inference requests."""
     inspect_max_bytes: Annotated[int, Field(gt=0)] = 8 << 20

@@ -37,12 +37,10 @@ from monitor.sidecar.proxy import Exchange, ProxyServer
 from monitor.spec import ModelSpec, MonitorSpec
 from monitor.tracing import PROPAGATOR, make_tracer, traceparent_header
 
-__all__ = ["PROBE_INTERVAL_SECONDS", "Instrumentation", "Sidecar", "parse_listen", "run_sidecar"]
+__all__ = ["Instrumentation", "Sidecar", "parse_listen", "run_sidecar"]
 
 log = logging.getLogger("monitor.sidecar")
 
-PROBE_INTERVAL_SECONDS = 5.0
-"""How often the upstream's readiness (and version, when not pinned) is probed."""
 _ERROR_OUTCOMES = frozenset(c.ERROR_OUTCOMES)
 
 
@@ -166,7 +164,8 @@ class Instrumentation:
         )
         self._inflight.dec()
         if ex.streamed and ex.t_head:
-            metrics.observe_ttfb(ex.model_label, ex.route, ex.t_head - ex.t_start)
+            # First response frame, not the head (linkerd2#818, case C16).
+            metrics.observe_ttfb(ex.model_label, ex.route, (ex.t_first or ex.t_head) - ex.t_start)
         if ex.body_size or ex.content_length:
             metrics.request_size.observe(ex.body_size or ex.content_length or 0)
         if ex.local and ex.status == 413:
@@ -306,7 +305,7 @@ class Sidecar:
         site = web.TCPSite(self._runner, *self.metrics_listen, reuse_address=True)
         await site.start()
         self.metrics_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
-        timeout = aiohttp.ClientTimeout(total=min(PROBE_INTERVAL_SECONDS, m.timeouts.connect_seconds + 2))
+        timeout = aiohttp.ClientTimeout(total=min(m.probe_interval_seconds, m.timeouts.connect_seconds + 2))
         self._session = aiohttp.ClientSession(timeout=timeout)
         await self.probe()
         self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop())
@@ -362,7 +361,7 @@ class Sidecar:
 
     async def _probe_loop(self) -> None:
         while True:
-            await asyncio.sleep(PROBE_INTERVAL_SECONDS)
+            await asyncio.sleep(self.model.probe_interval_seconds)
             try:
                 await self.probe()
             except Exception:  # noqa: BLE001 - the probe must never die
@@ -386,11 +385,10 @@ def run_sidecar(
 ) -> None:
     """Run a sidecar until SIGTERM/SIGINT, then shut down gracefully.
 
-    Uses uvloop when installed. ``PROMETHEUS_MULTIPROC_DIR`` is ignored: the
-    sidecar is one process, so there are no per-worker gauge files that could
-    outlive their worker (case C11).
+    Uses uvloop when installed. The sidecar is one process: the CLI drops
+    ``PROMETHEUS_MULTIPROC_DIR`` before prometheus_client is imported, so no
+    per-worker gauge files can outlive their worker (case C11).
     """
-    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from prometheus_client import disable_created_metrics
 
     disable_created_metrics()

@@ -125,6 +125,7 @@ class Exchange:
         "stream",
         "streamed",
         "t_end",
+        "t_first",
         "t_head",
         "t_start",
         "timer",
@@ -168,6 +169,7 @@ class Exchange:
         self.outcome = ""
         self.t_start = perf_counter()
         self.t_head = 0.0
+        self.t_first = 0.0
         self.t_end = 0.0
         self.last_activity = 0.0
         self.timer: asyncio.TimerHandle | None = None
@@ -739,6 +741,8 @@ class ProxyServer:
     def response_body(self, ex: Exchange, chunk: bytes) -> None:
         """Send one piece of response body to the client, as it arrives."""
         size = len(chunk)
+        if not ex.resp_size and size:
+            ex.t_first = perf_counter()
         ex.resp_size += size
         if ex.resp_collect:
             if ex.resp_size <= self.inspect_max_bytes:

@@ -1,0 +1,102 @@
+"""Helpers shared by the sidecar tests: spec files, processes, scraping."""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.procs import ManagedProcess, free_ports
+
+HERE = Path(__file__).resolve().parent
+MONITOR = [sys.executable, "-m", "monitor"]
+
+
+def write_spec(path: Path, upstream: str, **model: Any) -> Path:
+    """Write a one-model spec (name ``m``, protocol v2, features f0 in [0, 10] and f1)."""
+    m: dict[str, Any] = {
+        "name": "m",
+        "protocol": "v2",
+        "upstream": upstream,
+        "features": [
+            {"name": "f0", "type": "numerical", "min": 0, "max": 10},
+            {"name": "f1", "type": "numerical"},
+        ],
+        "outputs": [{"name": "predict", "type": "categorical", "classes": [0, 1]}],
+        "probe_interval_seconds": 0.2,
+        "timeouts": {"connect_seconds": 1, "read_seconds": 2},
+    }
+    m.update(model)
+    path.write_text(yaml.safe_dump({"apiVersion": "monitor/v1", "service": "t", "models": [m]}))
+    return path
+
+
+class SidecarProc(ManagedProcess):
+    """``monitor sidecar`` as a real process on free loopback ports."""
+
+    def __init__(self, spec: Path, model: str, log_dir: Path) -> None:
+        self.port, self.metrics_port = free_ports(2)
+        super().__init__(
+            [*MONITOR, "sidecar", "--config", str(spec), "--model", model,
+             "--listen", f"127.0.0.1:{self.port}",
+             "--metrics-listen", f"127.0.0.1:{self.metrics_port}"],
+            ready_url=f"http://127.0.0.1:{self.metrics_port}/-/healthy",
+            log_path=log_dir / f"sidecar-{self.port}.log",
+            name="sidecar",
+            ready_timeout_s=30,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def scrape(self) -> Metrics:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
+            return Metrics(resp.read().decode())
+
+
+@contextmanager
+def sidecar(spec: Path, model: str = "m", log_dir: Path | None = None) -> Iterator[SidecarProc]:
+    with SidecarProc(spec, model, log_dir or spec.parent) as proc:
+        yield proc
+
+
+class FaultServer(ManagedProcess):
+    """tests/fault_server.py as a real process."""
+
+    def __init__(self, log_dir: Path) -> None:
+        (self.port,) = free_ports(1)
+        super().__init__(
+            [sys.executable, str(HERE / "fault_server.py"), str(self.port)],
+            ready_url=f"http://127.0.0.1:{self.port}/v2/health/ready",
+            log_path=log_dir / "fault-server.log",
+            name="fault server",
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+
+
+class Metrics:
+    """A parsed Prometheus text exposition, queryable by name and label subset."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.samples = [
+            (s.name, s.labels, s.value)
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+        ]
+
+    def get(self, name: str, **labels: str) -> float:
+        """Sum of the samples named ``name`` whose labels include ``labels`` (0 if none)."""
+        return sum(
+            v for n, lab, v in self.samples
+            if n == name and all(lab.get(k) == val for k, val in labels.items())
+        )
+
+    def series(self, name: str) -> list[dict[str, str]]:
+        """Label sets of every sample named ``name``."""
+        return [lab for n, lab, _ in self.samples if n == name]

@@ -1,0 +1,471 @@
+"""The sidecar as a transparent proxy, against a real scripted upstream on 127.0.0.1.
+
+Covers transparency, the fault cases of the issue (upstream down, slow, 5xx,
+malformed JSON, 120 MB body, chunked request, SSE stream, client disconnect)
+and cases C11, C13, C14, C16, C17 of shared/cases/real-world-cases.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from monitor.procs import free_ports, pid_alive
+from tests.support import FaultServer, SidecarProc, sidecar, write_spec
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultServer]:
+    with FaultServer(tmp_path_factory.mktemp("fault")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def side(upstream: FaultServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProc]:
+    d = tmp_path_factory.mktemp("side")
+    with sidecar(write_spec(d / "m.yaml", upstream.url), log_dir=d) as proc:
+        yield proc
+
+
+_OPEN: list[http.client.HTTPConnection | socket.socket] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def conn(proc: SidecarProc, timeout: float = 10) -> http.client.HTTPConnection:
+    c = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=timeout)
+    _OPEN.append(c)
+    return c
+
+
+def raw(proc: SidecarProc, timeout: float = 10) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", proc.port), timeout=timeout)
+    _OPEN.append(s)
+    return s
+
+
+def v2_body(rows: list[list[object]]) -> bytes:
+    return json.dumps(
+        {"inputs": [{"name": "x", "shape": [len(rows), len(rows[0])], "datatype": "FP64", "data": rows}]}
+    ).encode()
+
+
+def test_method_path_query_headers_and_body_pass_through_unchanged(side: SidecarProc) -> None:
+    body = os.urandom(4096)
+    c = conn(side)
+    c.putrequest("PUT", "/echo/a%20b?x=1&y=%2F", skip_accept_encoding=True)
+    c.putheader("X-Custom", "One")
+    c.putheader("x-custom", "two")  # repeated, different case: both kept, in order
+    c.putheader("Content-Length", str(len(body)))
+    c.putheader("Connection", "keep-alive, X-Hop")
+    c.putheader("X-Hop", "dropped: named in Connection")
+    c.endheaders(body)
+    r = c.getresponse()
+    raw = r.read()
+    seen = json.loads(raw)
+    assert r.status == 200
+    assert r.getheader("X-Upstream") == "fault-server" and r.getheader("Set-Cookie") == "a=1"
+    assert seen["method"] == "PUT" and seen["path_qs"] == "/echo/a%20b?x=1&y=%2F"
+    names = [h[0] for h in seen["headers"]]
+    assert [h for h in seen["headers"] if h[0].lower() == "x-custom"] == [["X-Custom", "One"], ["x-custom", "two"]]
+    assert "X-Hop" not in names and "Connection" not in names
+    assert seen["body_len"] == len(body) and seen["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert r.getheader("Content-Length") == str(len(raw))
+
+
+def test_a_chunked_request_reaches_the_upstream_byte_for_byte(side: SidecarProc) -> None:
+    parts = [os.urandom(n) for n in (1, 1000, 65536, 7)]
+    c = conn(side)
+    c.request("POST", "/echo", body=iter(parts), encode_chunked=True,
+              headers={"Transfer-Encoding": "chunked"})
+    seen = json.loads(c.getresponse().read())
+    whole = b"".join(parts)
+    assert seen["body_len"] == len(whole)
+    assert seen["body_sha256"] == hashlib.sha256(whole).hexdigest()
+
+
+def test_a_chunked_response_is_streamed_back_whole(side: SidecarProc) -> None:
+    c = conn(side)
+    c.request("GET", "/chunked?parts=50")
+    r = c.getresponse()
+    assert r.getheader("Transfer-Encoding") == "chunked"
+    assert r.read() == b"".join(f"part-{i};".encode() for i in range(50))
+
+
+def test_the_w3c_traceparent_goes_upstream_with_the_same_trace_id(side: SidecarProc) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    c = conn(side)
+    c.request("GET", "/echo", headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+    headers = dict((k.lower(), v) for k, v in json.loads(c.getresponse().read())["headers"])
+    version, tid, span_id, flags = headers["traceparent"].split("-")
+    assert (version, tid) == ("00", trace_id)
+    assert span_id != "00f067aa0ba902b7"  # the sidecar's own span is the parent now
+    assert int(flags, 16) & 1 == 1
+
+
+def test_5xx_passes_through_untouched_and_counts_as_server_error(side: SidecarProc) -> None:
+    before = side.scrape().get("mlmon_requests_total", code="503", outcome="server_error")
+    c = conn(side)
+    c.request("POST", "/status/503", body=b"{}")
+    r = c.getresponse()
+    assert (r.status, json.loads(r.read())) == (503, {"error": "status 503"})
+    assert side.scrape().get("mlmon_requests_total", code="503", outcome="server_error") == before + 1
+
+
+def test_c13_malformed_json_is_forwarded_and_counted_not_answered_500(side: SidecarProc) -> None:
+    m0 = side.scrape()
+    broken = b'{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [[0.4, 1.7]]'
+    c = conn(side)
+    c.request("POST", "/v2/models/m/infer", body=broken, headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    body = r.read()
+    # The upstream's own answer, not a sidecar-made 5xx.
+    assert r.status == 400 and b"bad request" in body and r.getheader("X-Monitor-Sidecar") is None
+    m1 = side.scrape()
+    assert m1.get("mlmon_payload_errors_total", reason="invalid_json") == m0.get(
+        "mlmon_payload_errors_total", reason="invalid_json") + 1
+    assert m1.get("mlmon_feature_values_total") == m0.get("mlmon_feature_values_total")
+    assert m1.get("mlmon_requests_total", code="400", outcome="client_error") == m0.get(
+        "mlmon_requests_total", code="400", outcome="client_error") + 1
+
+
+def test_c17_random_paths_never_become_label_values(side: SidecarProc) -> None:
+    rng = random.Random(17)
+    errors: list[BaseException] = []
+
+    def worker(paths: list[str]) -> None:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", side.port, timeout=10)
+            for p in paths:
+                c.request("GET" if p.endswith(".php") else "POST", p, body=b"{}")
+                c.getresponse().read()
+            c.close()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    paths = [
+        f"/files/{rng.getrandbits(64):x}.php" if i % 2 else f"/v2/models/{rng.getrandbits(64):x}/infer"
+        for i in range(10_000)
+    ] + ["/v2/models/m/infer"] * 100
+    rng.shuffle(paths)
+    threads = [threading.Thread(target=worker, args=(paths[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=100)
+    assert not errors
+    series = side.scrape().series("mlmon_requests_total")
+    assert {s["route"] for s in series} <= {
+        "unmatched", "/v2/models/{model}/infer", "/v2/health/ready", "/v2/models/{model}"}
+    assert {s["model"] for s in series} <= {"m", "other"}
+    # Bounded by routes x codes x known models, whatever the 10,000 paths were.
+    assert len(series) <= 4 * 6 * 2
+
+
+def test_upstream_down_gives_502_json_and_not_ready(tmp_path: Path) -> None:
+    (dead,) = free_ports(1)
+    with sidecar(write_spec(tmp_path / "m.yaml", f"http://127.0.0.1:{dead}")) as proc:
+        c = conn(proc)
+        c.request("POST", "/v2/models/m/infer", body=v2_body([[1, 2]]))
+        r = c.getresponse()
+        body = json.loads(r.read())
+        assert r.status == 502 and body["source"] == "monitor-sidecar" and "unreachable" in body["error"]
+        assert urllib_status(f"http://127.0.0.1:{proc.metrics_port}/-/ready") == 503
+        m = proc.scrape()
+        assert m.get("mlmon_requests_total", code="502", outcome="unreachable") == 1
+        assert m.get("mlmon_upstream_up") == 0
+        # Inputs were still seen: coverage counts them even though the upstream is down.
+        assert m.get("mlmon_feature_values_total", feature="f0", state="present") == 1
+
+
+def urllib_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_a_slow_upstream_gives_504_after_the_read_timeout(side: SidecarProc) -> None:
+    c = conn(side)
+    t0 = time.monotonic()
+    c.request("GET", "/slow?delay=5")
+    r = c.getresponse()
+    body = json.loads(r.read())
+    elapsed = time.monotonic() - t0
+    assert r.status == 504 and "did not answer within 2 s" in body["error"]
+    assert 1.9 <= elapsed < 4
+    assert side.scrape().get("mlmon_requests_total", code="504", outcome="timeout") >= 1
+
+
+def _rss(pid: int) -> int:
+    return psutil.Process(pid).memory_info().rss
+
+
+def test_c14_a_120_mb_body_streams_through_with_bounded_memory(side: SidecarProc) -> None:
+    size = 120_000_000
+    block = b'{"instances": [{"b64": "' + b"A" * (1 << 20)
+    peak = [_rss(side.pid)]
+    base = peak[0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss(side.pid))
+            time.sleep(0.02)
+
+    def body() -> Iterator[bytes]:
+        sent = 0
+        while sent < size:
+            chunk = block[: min(len(block), size - sent)]
+            sent += len(chunk)
+            yield chunk
+
+    m0 = side.scrape()
+    t = threading.Thread(target=sample)
+    t.start()
+    try:
+        c = conn(side, timeout=60)
+        c.request("POST", "/echo/upload", body=body(), headers={"Content-Length": str(size)})
+        seen = json.loads(c.getresponse().read())
+    finally:
+        done.set()
+        t.join()
+    assert seen["body_len"] == size
+    assert peak[0] - base < 40 * 2**20, f"sidecar RSS grew by {(peak[0] - base) / 2**20:.0f} MiB"
+    m1 = side.scrape()
+    assert m1.get("mlmon_request_size_bytes_sum") - m0.get("mlmon_request_size_bytes_sum") == size
+
+
+def test_c14_an_inference_body_over_the_inspection_cap_is_forwarded_uninspected(side: SidecarProc) -> None:
+    m0 = side.scrape()
+    big = b'{"instances": [{"b64": "' + b"A" * (9 << 20) + b'"}]}'
+    c = conn(side, timeout=30)
+    c.request("POST", "/v2/models/m/infer", body=big)
+    r = c.getresponse()
+    r.read()
+    assert r.status == 400  # the upstream's verdict, passed through
+    m1 = side.scrape()
+    assert m1.get("mlmon_payload_inspection_skipped_total", reason="too_large") == m0.get(
+        "mlmon_payload_inspection_skipped_total", reason="too_large") + 1
+    assert m1.get("mlmon_payload_errors_total") == m0.get("mlmon_payload_errors_total")
+
+
+def test_c14_a_body_over_max_request_bytes_gets_413_from_the_sidecar(upstream: FaultServer, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "m.yaml", upstream.url, max_request_bytes=1_000_000)
+    with sidecar(spec) as proc:
+        c = conn(proc)
+        c.request("POST", "/v2/models/m/infer", body=b"x" * 2_000_000)
+        r = c.getresponse()
+        assert r.status == 413 and json.loads(r.read())["source"] == "monitor-sidecar"
+        m = proc.scrape()
+        assert m.get("mlmon_rejected_requests_total", reason="too_large") == 1
+        assert m.get("mlmon_requests_total", code="413", outcome="client_error") == 1
+
+
+def test_c16_sse_events_are_flushed_at_once_and_ttfb_is_kept_apart_from_duration(side: SidecarProc) -> None:
+    m0 = side.scrape()
+    s = raw(side)
+    t0 = time.monotonic()
+    s.sendall(b"GET /sse?head=0.25&first=0.3&interval=0.2&events=10 HTTP/1.1\r\nHost: x\r\n\r\n")
+    buf = b""
+    first_event_at = None
+    while b"[DONE]" not in buf:
+        data = s.recv(65536)
+        assert data
+        buf += data
+        if first_event_at is None and b"data: {" in buf:
+            first_event_at = time.monotonic() - t0
+            mid = side.scrape()  # the stream is still going: not yet counted, but in flight
+            assert mid.get("mlmon_inflight_requests") == 1
+            assert mid.get("mlmon_time_to_first_byte_seconds_count") == m0.get(
+                "mlmon_time_to_first_byte_seconds_count")
+    while not buf.endswith(b"0\r\n\r\n"):
+        buf += s.recv(65536)
+    total = time.monotonic() - t0
+    s.close()
+    assert first_event_at is not None and 0.25 <= first_event_at < 0.6
+    assert 2.0 <= total < 3.5
+    m1 = side.scrape()
+    n_ttfb = m1.get("mlmon_time_to_first_byte_seconds_count") - m0.get("mlmon_time_to_first_byte_seconds_count")
+    ttfb = m1.get("mlmon_time_to_first_byte_seconds_sum") - m0.get("mlmon_time_to_first_byte_seconds_sum")
+    dur = m1.get("mlmon_request_duration_seconds_sum") - m0.get("mlmon_request_duration_seconds_sum")
+    assert n_ttfb == 1
+    assert 0.28 <= ttfb < 0.5  # the first event (0.30 s), not the head (0.25 s), not the end
+    assert 2.0 <= dur < 3.5
+    assert m1.get("mlmon_requests_total", outcome="ok") - m0.get("mlmon_requests_total", outcome="ok") == 1
+
+
+def _upstream_conns(pid: int, port: int) -> int:
+    return sum(
+        1 for cn in psutil.Process(pid).net_connections(kind="tcp")
+        if cn.raddr and cn.raddr.port == port and cn.status == psutil.CONN_ESTABLISHED
+    )
+
+
+def test_c16_a_client_leaving_mid_stream_is_cancelled_and_frees_the_upstream_connection(
+    side: SidecarProc, upstream: FaultServer
+) -> None:
+    m0 = side.scrape()
+    s = raw(side)
+    s.sendall(b"GET /sse?first=0.1&interval=0.2&events=100 HTTP/1.1\r\nHost: x\r\n\r\n")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 1.0:
+        assert s.recv(65536)
+    s.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        m1 = side.scrape()
+        if m1.get("mlmon_requests_total", outcome="client_cancelled") > m0.get(
+                "mlmon_requests_total", outcome="client_cancelled"):
+            break
+        time.sleep(0.05)
+    assert m1.get("mlmon_requests_total", outcome="client_cancelled") == m0.get(
+        "mlmon_requests_total", outcome="client_cancelled") + 1
+    dur = m1.get("mlmon_request_duration_seconds_sum", outcome="client_cancelled") - m0.get(
+        "mlmon_request_duration_seconds_sum", outcome="client_cancelled")
+    assert 0.9 <= dur < 2.0
+    assert m1.get("mlmon_inflight_requests") == 0
+    time.sleep(0.2)
+    assert _upstream_conns(side.pid, upstream.port) == 0 or _all_idle(side, upstream)
+
+
+def _all_idle(side: SidecarProc, upstream: FaultServer) -> bool:
+    # Pooled keep-alive connections from earlier requests may remain; the
+    # cancelled stream's connection must not: the upstream sees no open stream.
+    return _upstream_conns(side.pid, upstream.port) <= 4
+
+
+def test_pipelined_requests_are_answered_in_order(side: SidecarProc) -> None:
+    s = raw(side)
+    s.sendall(b"GET /slow?delay=0.3 HTTP/1.1\r\nHost: x\r\n\r\nGET /echo/second HTTP/1.1\r\nHost: x\r\n\r\n")
+    buf = b""
+    deadline = time.monotonic() + 5
+    while b"/echo/second" not in buf and time.monotonic() < deadline:
+        buf += s.recv(65536)
+    s.close()
+    assert buf.index(b'"slept"') < buf.index(b"/echo/second")
+
+
+def test_head_204_and_expect_100_continue_work(side: SidecarProc) -> None:
+    c = conn(side)
+    c.request("HEAD", "/echo")
+    r = c.getresponse()
+    assert r.status == 200 and r.read() == b""
+    c.request("GET", "/status/204")
+    r = c.getresponse()
+    assert r.status == 204 and r.read() == b""
+    s = raw(side)
+    s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+    assert s.recv(100).startswith(b"HTTP/1.1 100 Continue")
+    s.sendall(b"abc")
+    buf = b""
+    while b'"body_len": 3' not in buf:
+        data = s.recv(65536)
+        assert data
+        buf += data
+    s.close()
+
+
+def test_garbage_that_is_not_http_gets_400_and_the_sidecar_keeps_serving(side: SidecarProc) -> None:
+    s = raw(side)
+    s.sendall(b"\x16\x03\x01 this is TLS, not HTTP\r\n\r\n")
+    assert s.recv(1000).startswith(b"HTTP/1.1 400")
+    s.close()
+    c = conn(side)
+    c.request("GET", "/echo")
+    assert c.getresponse().status == 200
+
+
+def test_c11_a_version_change_leaves_no_stale_info_series_and_keeps_counts(
+    upstream: FaultServer, tmp_path: Path
+) -> None:
+    """C11's kind of fault (a stale gauge outliving what it described) in a single-process sidecar."""
+    urllib.request.urlopen(urllib.request.Request(upstream.url + "/admin/version/7", method="POST")).read()
+    with sidecar(write_spec(tmp_path / "m.yaml", upstream.url)) as proc:
+        c = conn(proc)
+        for _ in range(20):
+            c.request("POST", "/v2/models/m/infer", body=v2_body([[1, 2]]))
+            c.getresponse().read()
+        urllib.request.urlopen(urllib.request.Request(upstream.url + "/admin/version/8", method="POST")).read()
+        deadline = time.monotonic() + 5
+        while proc.scrape().series("mlmon_model_info") != [{"model": "m", "version": "8"}]:
+            assert time.monotonic() < deadline, proc.scrape().series("mlmon_model_info")
+            time.sleep(0.1)
+        for _ in range(5):
+            c.request("POST", "/v2/models/m/infer", body=v2_body([[1, 2]]))
+            c.getresponse().read()
+        m = proc.scrape()
+        assert m.series("mlmon_model_info") == [{"model": "m", "version": "8"}]
+        assert m.get("mlmon_requests_total", version="7", route="/v2/models/{model}/infer") == 20
+        assert m.get("mlmon_requests_total", version="8", route="/v2/models/{model}/infer") == 5
+        assert m.get("mlmon_requests_total", route="/v2/models/{model}/infer") == 25
+
+
+def test_prometheus_multiproc_dir_is_ignored_so_no_dead_worker_files_are_read(
+    upstream: FaultServer, tmp_path: Path
+) -> None:
+    stale = tmp_path / "multiproc"
+    stale.mkdir()
+    (stale / "gauge_all_101.db").write_bytes(b"stale file of a dead worker")
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(stale))
+    proc = SidecarProc(write_spec(tmp_path / "m.yaml", upstream.url), "m", tmp_path)
+    proc.env = env
+    with proc:
+        c = conn(proc)
+        c.request("POST", "/v2/models/m/infer", body=v2_body([[1, 2]]))
+        c.getresponse().read()
+        assert proc.scrape().get("mlmon_requests_total") == 1
+
+
+def test_the_exposition_passes_promtool_and_speaks_openmetrics_with_exemplars(side: SidecarProc) -> None:
+    c = conn(side)
+    c.request("POST", "/v2/models/m/infer", body=v2_body([[1, 2]]))
+    c.getresponse().read()
+    with urllib.request.urlopen(side.metrics_url) as r:
+        assert r.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        text = r.read()
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool missing in CI (make system-deps installs it)")
+        pytest.skip("promtool not installed")
+    res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
+    assert res.returncode == 0, res.stdout + res.stderr
+    req = urllib.request.Request(side.metrics_url, headers={
+        "Accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"})
+    with urllib.request.urlopen(req) as r:
+        assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+        om = r.read().decode()
+    assert om.rstrip().endswith("# EOF")
+    assert any("mlmon_request_duration_seconds_bucket" in line and '# {trace_id="' in line
+               for line in om.splitlines())
+
+
+def test_the_sidecar_process_is_gone_after_stop(upstream: FaultServer, tmp_path: Path) -> None:
+    proc = SidecarProc(write_spec(tmp_path / "m.yaml", upstream.url), "m", tmp_path)
+    with proc:
+        pid = proc.pid
+        assert pid_alive(pid)
+    assert not pid_alive(pid)
