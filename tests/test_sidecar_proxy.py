@@ -361,7 +361,7 @@ def test_pipelined_requests_are_answered_in_order(side: SidecarProc) -> None:
     s = raw(side)
     s.sendall(b"GET /slow?delay=0.3 HTTP/1.1\r\nHost: x\r\n\r\nGET /echo/second HTTP/1.1\r\nHost: x\r\n\r\n")
     buf = b""
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while b"/echo/second" not in buf and time.monotonic() < deadline:
         buf += s.recv(65536)
     s.close()
