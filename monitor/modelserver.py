@@ -148,7 +148,7 @@ class TrainedModel:
         model_dir: directory holding ``model.joblib`` and ``model-settings.json``
             (MLServer's model repository root; servers write their files here too).
         model_path: the joblib pickle of a scikit-learn ``Pipeline``
-            (``StandardScaler`` + ``LogisticRegression``) fitted on a float64
+            (``SimpleImputer`` + ``StandardScaler`` + ``LogisticRegression``) fitted on a float64
             ndarray of shape ``[n, 30]`` (no column names), predicting int 0/1.
         settings_path: MLServer's ``model-settings.json``.
         name: served model name (``"bc"``).
@@ -201,7 +201,7 @@ def train_breast_cancer(
     """Train the breast-cancer classifier and write it as an MLServer model.
 
     Splits the 569 rows 75/25 (stratified, ``random_state=seed``), fits
-    ``StandardScaler`` + ``LogisticRegression`` on the training part, and writes
+    ``SimpleImputer`` (median) + ``StandardScaler`` + ``LogisticRegression`` on the training part, and writes
     into ``out_dir`` (created if needed, files overwritten):
 
     * ``model.joblib`` -- the fitted pipeline;
@@ -221,6 +221,7 @@ def train_breast_cancer(
     import numpy as np
     import pandas as pd
     from sklearn.datasets import load_breast_cancer
+    from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
     from sklearn.pipeline import Pipeline
@@ -234,8 +235,12 @@ def train_breast_cancer(
     )
     if corrupt:
         y_train = 1 - y_train
+    # The imputer lets the served model answer rows with a missing value (NaN)
+    # as production pipelines do, so a null feature is a data-quality signal for
+    # the sidecar to count, not a 500 from the model server.
     model = Pipeline(
         [
+            ("impute", SimpleImputer(strategy="median")),
             ("scale", StandardScaler()),
             ("clf", LogisticRegression(max_iter=1000, random_state=seed)),
         ]

@@ -61,7 +61,9 @@ class Predictions:
             a row whose output is not a scalar is left as decoded.
         usage: token usage of an OpenAI-compatible response
             (``{"prompt": int, "completion": int}``), when present.
+        version: the model version the response names (V2 ``model_version``), if any.
     """
 
     outputs: dict[str, list[Any]] = field(default_factory=dict)
     usage: dict[str, int] = field(default_factory=dict)
+    version: str | None = None

@@ -607,7 +607,12 @@ class V2Adapter(Adapter):
         for i, t in enumerate(outs):
             name, shape, flat = _tensor(t, i, "output")
             result[name] = _per_row(flat, shape)[1]
-        return Predictions(result)
+        version = doc.get("model_version")
+        if version is not None and type(version) in (str, int):
+            version = str(version)[:VERSION_MAX_CHARS] or None
+        else:
+            version = None
+        return Predictions(result, version=version)
 
     def _version(self, doc: dict[str, Any]) -> Any:
         # OIP metadata: "versions" (list, MLServer may send [] or omit it); an

@@ -163,6 +163,9 @@ def _check_buckets(v: list[float]) -> None:
         raise ValueError("must be strictly increasing")
 
 
+_RESERVED_COLUMNS = frozenset({"timestamp", "request_id", "prediction"})
+
+
 class CaptureSpec(_Model):
     """Sampled input capture for the drift job (Parquet files)."""
 
@@ -261,6 +264,10 @@ class ModelSpec(_Model):
     def _unique_features(cls, v: list[FeatureSpec]) -> list[FeatureSpec]:
         seen: set[str] = set()
         for i, f in enumerate(v):
+            if f.name in _RESERVED_COLUMNS:
+                raise ValueError(
+                    f"features[{i}]: {f.name!r} is reserved for a capture-store column"
+                )
             if f.name in seen:
                 raise ValueError(f"feature name {f.name!r} repeats (features[{i}])")
             seen.add(f.name)

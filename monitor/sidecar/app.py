@@ -81,6 +81,7 @@ class Instrumentation:
         self.capture = capture
         self._inflight = metrics.inflight
         self._csv_ok = model.protocol == "mlflow"
+        self._learn_version = model.version is None
 
     def request_started(self, ex: Exchange) -> None:
         m = self.adapter.match(ex.method, ex.path)
@@ -173,6 +174,11 @@ class Instrumentation:
         if ex.inference:
             metrics.response_size.observe(ex.resp_size)
             preds = self._predictions(ex)
+            if preds is not None and preds.version and self._learn_version:
+                # The spec pins no version and the upstream's metadata named none
+                # (MLServer answers "versions": []): the response says which one served.
+                if preds.version != metrics.version:
+                    metrics.set_version(preds.version)
             if preds is not None:
                 try:
                     metrics.observe_predictions(preds)
