@@ -85,6 +85,8 @@ def _mutate(path: list, value: object) -> dict:
         (["models", 0, "outputs"], [{"name": "label", "type": "categorical"}],
          "models[0].outputs[0]: output 'label': categorical outputs need 'classes'"),
         (["models", 0, "name"], "other", "models: 'other' is reserved"),
+        (["models", 0, "features", 1, "name"], "timestamp",
+         "models[0].features: features[1]: 'timestamp' is reserved"),
     ],
     ids=[
         "A max below min names the max field of that feature.",
@@ -99,6 +101,7 @@ def _mutate(path: list, value: object) -> dict:
         "A repeated feature name is rejected.",
         "A categorical output without classes is rejected (labels must be bounded).",
         "The reserved model name 'other' is rejected.",
+        "A feature named like a capture-store column is rejected.",
     ],
 )
 def test_each_problem_names_the_field_path(path: list, value: object, expected: str) -> None:
