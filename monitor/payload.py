@@ -43,12 +43,14 @@ class Rows:
         unexpected: number of (row, name) pairs whose name is not a spec feature
             (extra keys, extra tensor columns); feeds ``mlmon_unexpected_features_total``.
         extra: protocol-specific scalars (e.g. ``prompt_characters`` for OpenAI).
+        request_id: the id the payload gives the request (V2 ``id``), if any.
     """
 
     n: int
     columns: dict[str, list[Any]] = field(default_factory=dict)
     unexpected: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+    request_id: str | None = None
 
 
 @dataclass(slots=True)

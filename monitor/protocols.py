@@ -65,6 +65,8 @@ SSE_MAX_LINE_BYTES = 1 << 20
 line is dropped. OpenAI chunks are a few hundred bytes; 1 MiB bounds memory per stream."""
 
 VERSION_MAX_CHARS = 64
+REQUEST_ID_MAX_CHARS = 128
+"""Longest request id kept from a payload (V2 ``id``) for the capture store."""
 """A version read from upstream metadata becomes a label value; longer strings are cut."""
 
 _SHAPE = c.PAYLOAD_INVALID_SHAPE
@@ -567,12 +569,18 @@ class V2Adapter(Adapter):
         params = doc.get("parameters")
         pd = type(params) is dict and params.get("content_type") == "pd"
         if pd or len(tensors) > 1 or tensors[0][0] in self._feature_set:
-            return self._named(tensors)
-        _, shape, flat = tensors[0]
-        if len(shape) <= 1 and len(self._features) > 1:
-            return self._positional(flat, 1, len(flat))
-        n = shape[0] if shape else 1
-        return self._positional(flat, n, math.prod(shape[1:]))
+            rows = self._named(tensors)
+        else:
+            _, shape, flat = tensors[0]
+            if len(shape) <= 1 and len(self._features) > 1:
+                rows = self._positional(flat, 1, len(flat))
+            else:
+                n = shape[0] if shape else 1
+                rows = self._positional(flat, n, math.prod(shape[1:]))
+        rid = doc.get("id")
+        if type(rid) is str and rid:
+            rows.request_id = rid[:REQUEST_ID_MAX_CHARS]
+        return rows
 
     def _named(self, tensors: list[tuple[str, list[int], list[Any]]]) -> Rows:
         fset = self._feature_set

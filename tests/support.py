@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitor.procs import ManagedProcess, free_ports
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 MONITOR = [sys.executable, "-m", "monitor"]
 
 

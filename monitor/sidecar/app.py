@@ -153,7 +153,15 @@ class Instrumentation:
 
     def request_finished(self, ex: Exchange) -> None:
         metrics = self.metrics
-        duration = ex.t_end - ex.t_start
+        preds = None
+        if ex.inference:
+            preds = self._predictions(ex)
+            if preds is not None and preds.version and self._learn_version:
+                # The spec pins no version and the upstream's metadata named none
+                # (MLServer answers "versions": []): the response says which one
+                # served. Learnt before counting, so this request carries it too.
+                if preds.version != metrics.version:
+                    metrics.set_version(preds.version)
         span = ex.span
         exemplar = None
         if span is not None:
@@ -161,7 +169,7 @@ class Instrumentation:
             if sc.trace_flags.sampled:
                 exemplar = {"trace_id": f"{sc.trace_id:032x}"}
         metrics.observe_request(
-            ex.model_label, ex.route, ex.status, ex.outcome, duration, exemplar
+            ex.model_label, ex.route, ex.status, ex.outcome, ex.t_end - ex.t_start, exemplar
         )
         self._inflight.dec()
         if ex.streamed and ex.t_head:
@@ -173,12 +181,6 @@ class Instrumentation:
             metrics.rejected.labels(metrics.name, c.REJECT_TOO_LARGE).inc()
         if ex.inference:
             metrics.response_size.observe(ex.resp_size)
-            preds = self._predictions(ex)
-            if preds is not None and preds.version and self._learn_version:
-                # The spec pins no version and the upstream's metadata named none
-                # (MLServer answers "versions": []): the response says which one served.
-                if preds.version != metrics.version:
-                    metrics.set_version(preds.version)
             if preds is not None:
                 try:
                     metrics.observe_predictions(preds)
@@ -186,7 +188,7 @@ class Instrumentation:
                     log.exception("prediction metrics failed")
             rows = ex.ctx
             if self.capture is not None and isinstance(rows, Rows) and rows.n:
-                self.capture.submit(rows, preds, self._request_id(ex, span))
+                self.capture.submit(rows, preds, self._request_id(ex, rows, span))
         if span is not None:
             span.set_attribute("http.response.status_code", ex.status)
             if ex.outcome in _ERROR_OUTCOMES:
@@ -212,10 +214,13 @@ class Instrumentation:
             return None
 
     @staticmethod
-    def _request_id(ex: Exchange, span: Any) -> str:
+    def _request_id(ex: Exchange, rows: Rows, span: Any) -> str:
+        """``X-Request-Id`` header, else the payload's own id, else the trace id."""
         rid = ex.header(b"x-request-id")
         if rid:
             return rid[:128].decode("latin-1")
+        if rows.request_id:
+            return rows.request_id
         if span is not None:
             return f"{span.get_span_context().trace_id:032x}"
         return os.urandom(16).hex()
