@@ -87,5 +87,16 @@ def sidecar(config: Path, model: str, listen: str, metrics_listen: str) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option("--requests", default=300, show_default=True, help="Inference requests to send.")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="Directory for the model, logs and capture (default: a new temp dir).")
+def demo(requests: int, out: Path | None) -> None:
+    """Run the demo: MLServer + sidecar + real traffic, then print what was measured."""
+    from monitor.demo import main as demo_main
+
+    sys.exit(demo_main(requests, out))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

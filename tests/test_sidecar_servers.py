@@ -22,6 +22,7 @@ import yaml
 from tritonclient.utils import InferenceServerException
 
 from monitor.capture import read_capture
+from monitor.demo import v2_input
 from monitor.modelserver import MLflowServerProcess, MLServerProcess, TrainedModel
 from monitor.procs import ManagedProcess, free_ports
 from tests.support import ROOT, SidecarProc, sidecar
@@ -47,21 +48,8 @@ def bc_sidecar(mlserver: MLServerProcess, tmp_path: Path) -> Iterator[SidecarPro
         yield proc
 
 
-class NullableInput(triton.InferInput):  # type: ignore[misc]
-    """tritonclient writes NaN as the bare token ``NaN``, which MLServer's strict JSON
-    parser rejects (422); a JSON client sends ``null`` for a missing value, which
-    MLServer reads as NaN. This sends NaN as ``null``."""
-
-    def _get_tensor(self) -> dict[str, Any]:
-        tensor = super()._get_tensor()
-        tensor["data"] = [None if isinstance(v, float) and math.isnan(v) else v for v in tensor["data"]]
-        return tensor
-
-
 def _infer(client: triton.InferenceServerClient, row: np.ndarray, rid: str) -> dict[str, Any]:
-    inp = NullableInput("input-0", list(row.shape), "FP64")
-    inp.set_data_from_numpy(row, binary_data=False)
-    return client.infer("bc", [inp], request_id=rid).get_response()
+    return client.infer("bc", [v2_input(row)], request_id=rid).get_response()
 
 
 def test_exact_counts_for_20_v2_requests_through_the_sidecar(
