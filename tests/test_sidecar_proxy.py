@@ -325,36 +325,32 @@ def _upstream_conns(pid: int, port: int) -> int:
 
 
 def test_c16_a_client_leaving_mid_stream_is_cancelled_and_frees_the_upstream_connection(
-    side: SidecarProc, upstream: FaultServer
+    upstream: FaultServer, tmp_path: Path
 ) -> None:
-    m0 = side.scrape()
-    s = raw(side)
-    s.sendall(b"GET /sse?first=0.1&interval=0.2&events=100 HTTP/1.1\r\nHost: x\r\n\r\n")
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 1.0:
-        assert s.recv(65536)
-    s.close()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        m1 = side.scrape()
-        if m1.get("mlmon_requests_total", outcome="client_cancelled") > m0.get(
-                "mlmon_requests_total", outcome="client_cancelled"):
-            break
-        time.sleep(0.05)
-    assert m1.get("mlmon_requests_total", outcome="client_cancelled") == m0.get(
-        "mlmon_requests_total", outcome="client_cancelled") + 1
-    dur = m1.get("mlmon_request_duration_seconds_sum", outcome="client_cancelled") - m0.get(
-        "mlmon_request_duration_seconds_sum", outcome="client_cancelled")
-    assert 0.9 <= dur < 2.0
-    assert m1.get("mlmon_inflight_requests") == 0
-    time.sleep(0.2)
-    assert _upstream_conns(side.pid, upstream.port) == 0 or _all_idle(side, upstream)
-
-
-def _all_idle(side: SidecarProc, upstream: FaultServer) -> bool:
-    # Pooled keep-alive connections from earlier requests may remain; the
-    # cancelled stream's connection must not: the upstream sees no open stream.
-    return _upstream_conns(side.pid, upstream.port) <= 4
+    # A sidecar of its own, so no pooled connection from other tests is around, and
+    # readiness probes far apart (they close their connection after each probe).
+    with sidecar(write_spec(tmp_path / "m.yaml", upstream.url, probe_interval_seconds=600)) as proc:
+        s = socket.create_connection(("127.0.0.1", proc.port), timeout=10)
+        s.sendall(b"GET /sse?first=0.1&interval=0.2&events=100 HTTP/1.1\r\nHost: x\r\n\r\n")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.0:
+            assert s.recv(65536)
+        assert _upstream_conns(proc.pid, upstream.port) == 1  # the stream's own connection
+        s.close()
+        deadline = time.monotonic() + 5
+        while proc.scrape().get("mlmon_requests_total", outcome="client_cancelled") < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        m = proc.scrape()
+        assert m.get("mlmon_requests_total", outcome="client_cancelled", code="200") == 1
+        assert m.get("mlmon_requests_total") == 1  # counted once
+        assert 0.9 <= m.get("mlmon_request_duration_seconds_sum", outcome="client_cancelled") < 2.0
+        assert m.get("mlmon_inflight_requests") == 0
+        # Closed, not returned to the pool: nothing to the upstream stays open.
+        deadline = time.monotonic() + 2
+        while _upstream_conns(proc.pid, upstream.port):
+            assert time.monotonic() < deadline, "the upstream connection leaked"
+            time.sleep(0.05)
 
 
 def test_pipelined_requests_are_answered_in_order(side: SidecarProc) -> None:

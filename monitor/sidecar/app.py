@@ -317,7 +317,10 @@ class Sidecar:
         await site.start()
         self.metrics_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
         timeout = aiohttp.ClientTimeout(total=min(m.probe_interval_seconds, m.timeouts.connect_seconds + 2))
-        self._session = aiohttp.ClientSession(timeout=timeout)
+        # A probe every few seconds needs no pooled connection to the model server.
+        self._session = aiohttp.ClientSession(
+            timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)
+        )
         await self.probe()
         self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop())
 
