@@ -112,6 +112,38 @@ async def sse(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+@routes.post("/v1/chat/completions")
+async def chat(request: web.Request) -> web.StreamResponse:
+    """OpenAI-compatible chat completion: echoes token counts; streams when asked,
+    with a usage chunk only when stream_options.include_usage is set."""
+    body = await request.json()
+    prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+    words = ["alpha", "beta", "gamma"]
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
+             "total_tokens": prompt_tokens + len(words)}
+    if not body.get("stream"):
+        return web.json_response({"id": "c1", "object": "chat.completion", "model": body.get("model"),
+                                  "choices": [{"index": 0, "finish_reason": "stop",
+                                               "message": {"role": "assistant", "content": " ".join(words)}}],
+                                  "usage": usage})
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await asyncio.sleep(0.05)
+    first = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant"}}]}
+    await resp.write(b"data: " + json.dumps(first).encode() + b"\n\n")
+    await asyncio.sleep(0.2)  # the first token comes 0.25 s after the request
+    for w in words:
+        chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": w}}]}
+        await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        await asyncio.sleep(0.05)
+    if (body.get("stream_options") or {}).get("include_usage"):
+        await resp.write(b"data: " + json.dumps({"object": "chat.completion.chunk", "choices": [],
+                                                 "usage": usage}).encode() + b"\n\n")
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
 @routes.get("/chunked")
 async def chunked(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse()

@@ -465,3 +465,46 @@ def test_the_sidecar_process_is_gone_after_stop(upstream: FaultServer, tmp_path:
         pid = proc.pid
         assert pid_alive(pid)
     assert not pid_alive(pid)
+
+
+def _chat(proc: SidecarProc, body: dict) -> bytes:
+    c = conn(proc)
+    c.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(),
+              headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    assert r.status == 200
+    return r.read()
+
+
+def test_openai_streams_count_tokens_time_to_first_token_and_prompt_size(
+    upstream: FaultServer, tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path / "m.yaml", upstream.url, protocol="openai", outputs=[{"name": "*"}],
+                      features=[{"name": "temperature", "min": 0, "max": 2},
+                                {"name": "max_tokens", "min": 1, "max": 4096},
+                                {"name": "has_system_message", "type": "categorical", "categories": [0, 1]}])
+    with sidecar(spec) as proc:
+        messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "one two three"}]
+        # Streamed with a usage chunk, streamed without (the sidecar must not assume
+        # one comes), and not streamed; temperature 3 is out of range.
+        streamed = _chat(proc, {"model": "m", "messages": messages, "stream": True, "temperature": 0.2,
+                                "stream_options": {"include_usage": True}})
+        assert streamed.count(b"data: ") == 6 and streamed.rstrip().endswith(b"data: [DONE]")
+        _chat(proc, {"model": "m", "messages": messages, "stream": True, "temperature": 3})
+        plain = json.loads(_chat(proc, {"model": "m", "messages": messages, "max_tokens": 10}))
+        assert plain["usage"]["completion_tokens"] == 3
+        m = proc.scrape()
+        route = "/v1/chat/completions"
+        assert m.get("mlmon_requests_total", route=route, outcome="ok") == 3
+        # prompt 2 + 3 words per request; usage known for 2 of the 3 responses.
+        assert m.get("mlmon_llm_tokens_total", kind="prompt") == 2 * 5
+        assert m.get("mlmon_llm_tokens_total", kind="completion") == 2 * 3
+        assert m.get("mlmon_llm_time_to_first_token_seconds_count") == 2
+        ttft = m.get("mlmon_llm_time_to_first_token_seconds_sum") / 2
+        assert 0.24 <= ttft < 0.6
+        assert m.get("mlmon_llm_prompt_characters_count") == 3
+        assert m.get("mlmon_llm_prompt_characters_sum") == 3 * len("be brief" + "one two three")
+        assert m.get("mlmon_feature_values_total", feature="temperature", state="out_of_range") == 1
+        assert m.get("mlmon_feature_values_total", feature="temperature", state="present") == 1
+        assert m.get("mlmon_feature_values_total", feature="temperature", state="missing") == 1
+        assert m.get("mlmon_feature_values_total", feature="has_system_message", state="present") == 3
