@@ -59,7 +59,9 @@ def validate(file: Path) -> None:
 
 
 @main.command()
-@click.option("--config", "config", required=True, type=click.Path(path_type=Path), help="monitor.yaml")
+@click.option(
+    "--config", "config", required=True, type=click.Path(path_type=Path), help="monitor.yaml"
+)
 @click.option("--model", "model", required=True, help="Name of the model (in the spec) to front.")
 @click.option("--listen", default="127.0.0.1:8000", show_default=True, help="Proxy HOST:PORT.")
 @click.option(
@@ -89,8 +91,13 @@ def sidecar(config: Path, model: str, listen: str, metrics_listen: str) -> None:
 
 @main.command()
 @click.option("--requests", default=300, show_default=True, help="Inference requests to send.")
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
-              help="Directory for the model, logs and capture (default: a new temp dir).")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Directory for the model, logs and capture (default: a new temp dir).",
+)
 def demo(requests: int, out: Path | None) -> None:
     """Run the demo: MLServer + sidecar + real traffic, then print what was measured."""
     from monitor.demo import main as demo_main

@@ -83,11 +83,11 @@ def v2_input(row: Any, name: str = "input-0") -> Any:
     (MLServer's among them) reject with 422; JSON clients send ``null`` for a
     missing value, which MLServer reads as NaN.
     """
-    global _NULLABLE  # noqa: PLW0603 - one subclass, made on first use (tritonclient is optional)
+    global _NULLABLE
     if _NULLABLE is None:
         import tritonclient.http as triton
 
-        class NullableInput(triton.InferInput):  # type: ignore[misc]
+        class NullableInput(triton.InferInput):
             def _get_tensor(self) -> dict[str, Any]:
                 tensor = super()._get_tensor()
                 tensor["data"] = [
@@ -110,7 +110,9 @@ def _scrape(url: str) -> list[tuple[str, dict[str, str], float]]:
 
     with urllib.request.urlopen(url, timeout=5) as resp:
         text = resp.read().decode()
-    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
+    return [
+        (s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples
+    ]
 
 
 def _total(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
@@ -119,7 +121,9 @@ def _total(samples: list[tuple[str, dict[str, str], float]], name: str, **labels
     )
 
 
-def run_demo(requests: int = 300, out_dir: Path | None = None, spec_path: Path | None = None) -> DemoReport:
+def run_demo(
+    requests: int = 300, out_dir: Path | None = None, spec_path: Path | None = None
+) -> DemoReport:
     """Run the demo end to end; returns what it measured.
 
     Args:
@@ -160,9 +164,20 @@ def run_demo(requests: int = 300, out_dir: Path | None = None, spec_path: Path |
         port, mport = free_ports(2)
         _say(f"[3/6] starting the sidecar: 127.0.0.1:{port} -> {server.url}, metrics on :{mport}")
         sidecar = ManagedProcess(
-            [sys.executable, "-m", "monitor", "sidecar", "--config", str(run_spec),
-             "--model", m["name"], "--listen", f"127.0.0.1:{port}",
-             "--metrics-listen", f"127.0.0.1:{mport}"],
+            [
+                sys.executable,
+                "-m",
+                "monitor",
+                "sidecar",
+                "--config",
+                str(run_spec),
+                "--model",
+                m["name"],
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--metrics-listen",
+                f"127.0.0.1:{mport}",
+            ],
             ready_url=f"http://127.0.0.1:{mport}/-/ready",
             log_path=out / "sidecar.log",
             name="sidecar",
@@ -231,8 +246,10 @@ def _print_report(samples: list[tuple[str, dict[str, str], float]]) -> None:
             buckets[le] = buckets.get(le, 0) + v
     b = sorted(buckets.items())
     p = {q: histogram_quantile(q, b) * 1000 for q in (0.5, 0.9, 0.99)}
-    _say(f"      latency of ok requests (from the histogram): "
-         f"p50 {p[0.5]:.1f} ms, p90 {p[0.9]:.1f} ms, p99 {p[0.99]:.1f} ms")
+    _say(
+        f"      latency of ok requests (from the histogram): "
+        f"p50 {p[0.5]:.1f} ms, p90 {p[0.9]:.1f} ms, p99 {p[0.99]:.1f} ms"
+    )
     _say("      feature coverage (features with anything but 'present'):")
     cov: dict[str, dict[str, float]] = {}
     for n, lab, v in samples:
@@ -244,16 +261,23 @@ def _print_report(samples: list[tuple[str, dict[str, str], float]]) -> None:
         bad = {s: int(v) for s, v in states.items() if s != c.STATE_PRESENT and v}
         if bad and total:
             shown += 1
-            _say(f"        {feature:<26} coverage {states.get(c.STATE_PRESENT, 0) / total:6.1%}  {bad}")
+            _say(
+                f"        {feature:<26} coverage "
+                f"{states.get(c.STATE_PRESENT, 0) / total:6.1%}  {bad}"
+            )
     if not shown:
         _say("        (all present)")
     preds = {lab["class"]: int(v) for n, lab, v in samples if n == c.PREDICTIONS_TOTAL}
     _say(f"      predictions by class: {preds}")
-    _say(f"      captured rows: {int(_total(samples, c.CAPTURE_ROWS_TOTAL))} "
-         f"in {int(_total(samples, c.CAPTURE_FILES_TOTAL))} Parquet file(s); "
-         f"dropped: {int(_total(samples, c.CAPTURE_DROPPED_ROWS_TOTAL))}")
-    _say(f"      upstream up: {int(_total(samples, c.UPSTREAM_UP))}; model version: "
-         f"{[lab['version'] for n, lab, _ in samples if n == c.MODEL_INFO]}")
+    _say(
+        f"      captured rows: {int(_total(samples, c.CAPTURE_ROWS_TOTAL))} "
+        f"in {int(_total(samples, c.CAPTURE_FILES_TOTAL))} Parquet file(s); "
+        f"dropped: {int(_total(samples, c.CAPTURE_DROPPED_ROWS_TOTAL))}"
+    )
+    _say(
+        f"      upstream up: {int(_total(samples, c.UPSTREAM_UP))}; model version: "
+        f"{[lab['version'] for n, lab, _ in samples if n == c.MODEL_INFO]}"
+    )
 
 
 def main(requests: int, out_dir: Path | None) -> int:

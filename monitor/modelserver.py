@@ -201,7 +201,8 @@ def train_breast_cancer(
     """Train the breast-cancer classifier and write it as an MLServer model.
 
     Splits the 569 rows 75/25 (stratified, ``random_state=seed``), fits
-    ``SimpleImputer`` (median) + ``StandardScaler`` + ``LogisticRegression`` on the training part, and writes
+    ``SimpleImputer`` (median) + ``StandardScaler`` + ``LogisticRegression`` on the
+    training part, and writes
     into ``out_dir`` (created if needed, files overwritten):
 
     * ``model.joblib`` -- the fitted pipeline;

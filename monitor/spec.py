@@ -11,6 +11,7 @@ Schema version: ``apiVersion: monitor/v1``.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from pathlib import Path
@@ -116,7 +117,9 @@ class FeatureSpec(_Model):
         if self.type == "categorical" and (self.min is not None or self.max is not None):
             raise ValueError(f"feature {self.name!r}: min/max apply to numerical features only")
         if self.type == "numerical" and self.categories is not None:
-            raise ValueError(f"feature {self.name!r}: categories apply to categorical features only")
+            raise ValueError(
+                f"feature {self.name!r}: categories apply to categorical features only"
+            )
         return self
 
 
@@ -159,7 +162,7 @@ def _check_buckets(v: list[float]) -> None:
         raise ValueError("must not be empty")
     if any(not math.isfinite(b) for b in v):
         raise ValueError("must be finite numbers (+Inf is added automatically)")
-    if any(nxt <= cur for cur, nxt in zip(v, v[1:], strict=False)):
+    if any(nxt <= cur for cur, nxt in itertools.pairwise(v)):
         raise ValueError("must be strictly increasing")
 
 

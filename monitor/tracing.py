@@ -48,10 +48,14 @@ def make_tracer(spec: TracingSpec, service_name: str) -> tuple[Tracer, TracerPro
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
         except ImportError:
             raise SpecError(
-                ["tracing.otlp_endpoint: the OTLP exporter is not installed "
-                 "(pip install 'model-monitor[otlp]')"]
+                [
+                    "tracing.otlp_endpoint: the OTLP exporter is not installed "
+                    "(pip install 'model-monitor[otlp]')"
+                ]
             ) from None
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=spec.otlp_endpoint)))
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=spec.otlp_endpoint))
+        )
     return provider.get_tracer("monitor.sidecar"), provider
 
 

@@ -44,8 +44,9 @@ async def ready(request: web.Request) -> web.Response:
 
 @routes.get("/v2/models/{name}")
 async def metadata(request: web.Request) -> web.Response:
-    return web.json_response({"name": request.match_info["name"], "versions": [STATE["version"]],
-                              "platform": "fault"})
+    return web.json_response(
+        {"name": request.match_info["name"], "versions": [STATE["version"]], "platform": "fault"}
+    )
 
 
 @routes.post("/admin/version/{v}")
@@ -71,13 +72,19 @@ async def infer(request: web.Request) -> web.Response:
         data = inp["data"]
         flat = [x for row in data for x in row] if data and isinstance(data[0], list) else data
         k = len(flat) // n if n else 0
-        preds = [1 if isinstance(flat[i * k], (int, float)) and flat[i * k] > 5 else 0 for i in range(n)]
-    except Exception as exc:  # noqa: BLE001
+        preds = [
+            1 if isinstance(flat[i * k], (int, float)) and flat[i * k] > 5 else 0 for i in range(n)
+        ]
+    except Exception as exc:
         return web.json_response({"error": f"bad request: {exc}"}, status=400)
-    return web.json_response({"model_name": request.match_info["name"], "model_version": STATE["version"],
-                              "id": body.get("id", ""),
-                              "outputs": [{"name": "predict", "shape": [n, 1], "datatype": "INT64",
-                                           "data": preds}]})
+    return web.json_response(
+        {
+            "model_name": request.match_info["name"],
+            "model_version": STATE["version"],
+            "id": body.get("id", ""),
+            "outputs": [{"name": "predict", "shape": [n, 1], "datatype": "INT64", "data": preds}],
+        }
+    )
 
 
 @routes.get("/slow")
@@ -105,7 +112,10 @@ async def sse(request: web.Request) -> web.StreamResponse:
     for i in range(int(q.get("events", "5"))):
         if i:
             await asyncio.sleep(float(q.get("interval", "0.1")))
-        chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": f"t{i}"}}]}
+        chunk = {
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"content": f"t{i}"}}],
+        }
         await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
     await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()
@@ -119,26 +129,51 @@ async def chat(request: web.Request) -> web.StreamResponse:
     body = await request.json()
     prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
     words = ["alpha", "beta", "gamma"]
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
-             "total_tokens": prompt_tokens + len(words)}
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": len(words),
+        "total_tokens": prompt_tokens + len(words),
+    }
     if not body.get("stream"):
-        return web.json_response({"id": "c1", "object": "chat.completion", "model": body.get("model"),
-                                  "choices": [{"index": 0, "finish_reason": "stop",
-                                               "message": {"role": "assistant", "content": " ".join(words)}}],
-                                  "usage": usage})
+        return web.json_response(
+            {
+                "id": "c1",
+                "object": "chat.completion",
+                "model": body.get("model"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": " ".join(words)},
+                    }
+                ],
+                "usage": usage,
+            }
+        )
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
     await asyncio.sleep(0.05)
-    first = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant"}}]}
+    first = {
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"role": "assistant"}}],
+    }
     await resp.write(b"data: " + json.dumps(first).encode() + b"\n\n")
     await asyncio.sleep(0.2)  # the first token comes 0.25 s after the request
     for w in words:
-        chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": w}}]}
+        chunk = {
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"content": w}}],
+        }
         await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
         await asyncio.sleep(0.05)
     if (body.get("stream_options") or {}).get("include_usage"):
-        await resp.write(b"data: " + json.dumps({"object": "chat.completion.chunk", "choices": [],
-                                                 "usage": usage}).encode() + b"\n\n")
+        await resp.write(
+            b"data: "
+            + json.dumps(
+                {"object": "chat.completion.chunk", "choices": [], "usage": usage}
+            ).encode()
+            + b"\n\n"
+        )
     await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()
     return resp

@@ -44,9 +44,18 @@ class SidecarProc(ManagedProcess):
     def __init__(self, spec: Path, model: str, log_dir: Path) -> None:
         self.port, self.metrics_port = free_ports(2)
         super().__init__(
-            [*MONITOR, "sidecar", "--config", str(spec), "--model", model,
-             "--listen", f"127.0.0.1:{self.port}",
-             "--metrics-listen", f"127.0.0.1:{self.metrics_port}"],
+            [
+                *MONITOR,
+                "sidecar",
+                "--config",
+                str(spec),
+                "--model",
+                model,
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--metrics-listen",
+                f"127.0.0.1:{self.metrics_port}",
+            ],
             ready_url=f"http://127.0.0.1:{self.metrics_port}/-/healthy",
             log_path=log_dir / f"sidecar-{self.port}.log",
             name="sidecar",
@@ -94,7 +103,8 @@ class Metrics:
     def get(self, name: str, **labels: str) -> float:
         """Sum of the samples named ``name`` whose labels include ``labels`` (0 if none)."""
         return sum(
-            v for n, lab, v in self.samples
+            v
+            for n, lab, v in self.samples
             if n == name and all(lab.get(k) == val for k, val in labels.items())
         )
 

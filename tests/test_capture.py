@@ -230,7 +230,9 @@ def test_invalid_model_raises_capture_error(tmp_path: Path, model_kwargs: dict[s
     # model_construct: the spec itself already refuses reserved names; the writer
     # checks again for models built in code.
     with pytest.raises(CaptureError):
-        CaptureWriter(ModelSpec.model_construct(**{**base, **model_kwargs}), registry=CollectorRegistry())
+        CaptureWriter(
+            ModelSpec.model_construct(**{**base, **model_kwargs}), registry=CollectorRegistry()
+        )
 
 
 def test_two_models_share_one_registry_and_one_directory(

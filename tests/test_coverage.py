@@ -67,11 +67,18 @@ ANYCAT = FeatureSpec(name="x", type="categorical")
         "A categorical feature without declared categories accepts any scalar.",
     ],
 )
-def test_each_value_lands_in_exactly_one_state(feature: FeatureSpec, value: object, state: str) -> None:
+def test_each_value_lands_in_exactly_one_state(
+    feature: FeatureSpec, value: object, state: str
+) -> None:
     ev = CoverageEvaluator([feature])
     ev.evaluate(Rows(n=1, columns={"x": [value]}))
-    counts = dict(zip(("present", "missing", "null", "wrong_type", "out_of_range", "unseen_category"),
-                      ev.counts[0], strict=True))
+    counts = dict(
+        zip(
+            ("present", "missing", "null", "wrong_type", "out_of_range", "unseen_category"),
+            ev.counts[0],
+            strict=True,
+        )
+    )
     assert counts[state] == 1
     assert sum(counts.values()) == 1
 

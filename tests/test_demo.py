@@ -18,8 +18,12 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.mark.usefixtures("servers_venv_python")
 def test_the_demo_exits_0_prints_exact_counts_and_leaves_no_process(tmp_path: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "monitor", "demo", "--requests", "40", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=200)
+    res = subprocess.run(
+        [sys.executable, "-m", "monitor", "demo", "--requests", "40", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
     # Every 20th request (i % 20 == 13) drops a column and MLServer answers 500: 2 of 40.
@@ -48,7 +52,9 @@ def test_the_demo_exits_0_prints_exact_counts_and_leaves_no_process(tmp_path: Pa
         "C20: so does p99; the product must not present it as a real p99.",
     ],
 )
-def test_histogram_quantile_matches_promql(q: float, buckets: list[tuple[float, float]], expected: float) -> None:
+def test_histogram_quantile_matches_promql(
+    q: float, buckets: list[tuple[float, float]], expected: float
+) -> None:
     assert histogram_quantile(q, buckets) == pytest.approx(expected)
 
 

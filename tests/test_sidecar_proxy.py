@@ -67,7 +67,11 @@ def raw(proc: SidecarProc, timeout: float = 10) -> socket.socket:
 
 def v2_body(rows: list[list[object]]) -> bytes:
     return json.dumps(
-        {"inputs": [{"name": "x", "shape": [len(rows), len(rows[0])], "datatype": "FP64", "data": rows}]}
+        {
+            "inputs": [
+                {"name": "x", "shape": [len(rows), len(rows[0])], "datatype": "FP64", "data": rows}
+            ]
+        }
     ).encode()
 
 
@@ -88,7 +92,10 @@ def test_method_path_query_headers_and_body_pass_through_unchanged(side: Sidecar
     assert r.getheader("X-Upstream") == "fault-server" and r.getheader("Set-Cookie") == "a=1"
     assert seen["method"] == "PUT" and seen["path_qs"] == "/echo/a%20b?x=1&y=%2F"
     names = [h[0] for h in seen["headers"]]
-    assert [h for h in seen["headers"] if h[0].lower() == "x-custom"] == [["X-Custom", "One"], ["x-custom", "two"]]
+    assert [h for h in seen["headers"] if h[0].lower() == "x-custom"] == [
+        ["X-Custom", "One"],
+        ["x-custom", "two"],
+    ]
     assert "X-Hop" not in names and "Connection" not in names
     assert seen["body_len"] == len(body) and seen["body_sha256"] == hashlib.sha256(body).hexdigest()
     assert r.getheader("Content-Length") == str(len(raw))
@@ -97,8 +104,13 @@ def test_method_path_query_headers_and_body_pass_through_unchanged(side: Sidecar
 def test_a_chunked_request_reaches_the_upstream_byte_for_byte(side: SidecarProc) -> None:
     parts = [os.urandom(n) for n in (1, 1000, 65536, 7)]
     c = conn(side)
-    c.request("POST", "/echo", body=iter(parts), encode_chunked=True,
-              headers={"Transfer-Encoding": "chunked"})
+    c.request(
+        "POST",
+        "/echo",
+        body=iter(parts),
+        encode_chunked=True,
+        headers={"Transfer-Encoding": "chunked"},
+    )
     seen = json.loads(c.getresponse().read())
     whole = b"".join(parts)
     assert seen["body_len"] == len(whole)
@@ -130,24 +142,32 @@ def test_5xx_passes_through_untouched_and_counts_as_server_error(side: SidecarPr
     c.request("POST", "/status/503", body=b"{}")
     r = c.getresponse()
     assert (r.status, json.loads(r.read())) == (503, {"error": "status 503"})
-    assert side.scrape().get("mlmon_requests_total", code="503", outcome="server_error") == before + 1
+    assert (
+        side.scrape().get("mlmon_requests_total", code="503", outcome="server_error") == before + 1
+    )
 
 
 def test_c13_malformed_json_is_forwarded_and_counted_not_answered_500(side: SidecarProc) -> None:
     m0 = side.scrape()
     broken = b'{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [[0.4, 1.7]]'
     c = conn(side)
-    c.request("POST", "/v2/models/m/infer", body=broken, headers={"Content-Type": "application/json"})
+    c.request(
+        "POST", "/v2/models/m/infer", body=broken, headers={"Content-Type": "application/json"}
+    )
     r = c.getresponse()
     body = r.read()
     # The upstream's own answer, not a sidecar-made 5xx.
     assert r.status == 400 and b"bad request" in body and r.getheader("X-Monitor-Sidecar") is None
     m1 = side.scrape()
-    assert m1.get("mlmon_payload_errors_total", reason="invalid_json") == m0.get(
-        "mlmon_payload_errors_total", reason="invalid_json") + 1
+    assert (
+        m1.get("mlmon_payload_errors_total", reason="invalid_json")
+        == m0.get("mlmon_payload_errors_total", reason="invalid_json") + 1
+    )
     assert m1.get("mlmon_feature_values_total") == m0.get("mlmon_feature_values_total")
-    assert m1.get("mlmon_requests_total", code="400", outcome="client_error") == m0.get(
-        "mlmon_requests_total", code="400", outcome="client_error") + 1
+    assert (
+        m1.get("mlmon_requests_total", code="400", outcome="client_error")
+        == m0.get("mlmon_requests_total", code="400", outcome="client_error") + 1
+    )
 
 
 def test_c17_random_paths_never_become_label_values(side: SidecarProc) -> None:
@@ -161,11 +181,13 @@ def test_c17_random_paths_never_become_label_values(side: SidecarProc) -> None:
                 c.request("GET" if p.endswith(".php") else "POST", p, body=b"{}")
                 c.getresponse().read()
             c.close()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     paths = [
-        f"/files/{rng.getrandbits(64):x}.php" if i % 2 else f"/v2/models/{rng.getrandbits(64):x}/infer"
+        f"/files/{rng.getrandbits(64):x}.php"
+        if i % 2
+        else f"/v2/models/{rng.getrandbits(64):x}/infer"
         for i in range(10_000)
     ] + ["/v2/models/m/infer"] * 100
     rng.shuffle(paths)
@@ -177,7 +199,11 @@ def test_c17_random_paths_never_become_label_values(side: SidecarProc) -> None:
     assert not errors
     series = side.scrape().series("mlmon_requests_total")
     assert {s["route"] for s in series} <= {
-        "unmatched", "/v2/models/{model}/infer", "/v2/health/ready", "/v2/models/{model}"}
+        "unmatched",
+        "/v2/models/{model}/infer",
+        "/v2/health/ready",
+        "/v2/models/{model}",
+    }
     assert {s["model"] for s in series} <= {"m", "other"}
     # Bounded by routes x codes x known models, whatever the 10,000 paths were.
     assert len(series) <= 4 * 6 * 2
@@ -190,7 +216,11 @@ def test_upstream_down_gives_502_json_and_not_ready(tmp_path: Path) -> None:
         c.request("POST", "/v2/models/m/infer", body=v2_body([[1, 2]]))
         r = c.getresponse()
         body = json.loads(r.read())
-        assert r.status == 502 and body["source"] == "monitor-sidecar" and "unreachable" in body["error"]
+        assert (
+            r.status == 502
+            and body["source"] == "monitor-sidecar"
+            and "unreachable" in body["error"]
+        )
         assert urllib_status(f"http://127.0.0.1:{proc.metrics_port}/-/ready") == 503
         m = proc.scrape()
         assert m.get("mlmon_requests_total", code="502", outcome="unreachable") == 1
@@ -258,7 +288,9 @@ def test_c14_a_120_mb_body_streams_through_with_bounded_memory(side: SidecarProc
     assert m1.get("mlmon_request_size_bytes_sum") - m0.get("mlmon_request_size_bytes_sum") == size
 
 
-def test_c14_an_inference_body_over_the_inspection_cap_is_forwarded_uninspected(side: SidecarProc) -> None:
+def test_c14_an_inference_body_over_the_inspection_cap_is_forwarded_uninspected(
+    side: SidecarProc,
+) -> None:
     m0 = side.scrape()
     big = b'{"instances": [{"b64": "' + b"A" * (9 << 20) + b'"}]}'
     c = conn(side, timeout=30)
@@ -267,12 +299,16 @@ def test_c14_an_inference_body_over_the_inspection_cap_is_forwarded_uninspected(
     r.read()
     assert r.status == 400  # the upstream's verdict, passed through
     m1 = side.scrape()
-    assert m1.get("mlmon_payload_inspection_skipped_total", reason="too_large") == m0.get(
-        "mlmon_payload_inspection_skipped_total", reason="too_large") + 1
+    assert (
+        m1.get("mlmon_payload_inspection_skipped_total", reason="too_large")
+        == m0.get("mlmon_payload_inspection_skipped_total", reason="too_large") + 1
+    )
     assert m1.get("mlmon_payload_errors_total") == m0.get("mlmon_payload_errors_total")
 
 
-def test_c14_a_body_over_max_request_bytes_gets_413_from_the_sidecar(upstream: FaultServer, tmp_path: Path) -> None:
+def test_c14_a_body_over_max_request_bytes_gets_413_from_the_sidecar(
+    upstream: FaultServer, tmp_path: Path
+) -> None:
     spec = write_spec(tmp_path / "m.yaml", upstream.url, max_request_bytes=1_000_000)
     with sidecar(spec) as proc:
         c = conn(proc)
@@ -284,7 +320,9 @@ def test_c14_a_body_over_max_request_bytes_gets_413_from_the_sidecar(upstream: F
         assert m.get("mlmon_requests_total", code="413", outcome="client_error") == 1
 
 
-def test_c16_sse_events_are_flushed_at_once_and_ttfb_is_kept_apart_from_duration(side: SidecarProc) -> None:
+def test_c16_sse_events_are_flushed_at_once_and_ttfb_is_kept_apart_from_duration(
+    side: SidecarProc,
+) -> None:
     m0 = side.scrape()
     s = raw(side)
     t0 = time.monotonic()
@@ -300,7 +338,8 @@ def test_c16_sse_events_are_flushed_at_once_and_ttfb_is_kept_apart_from_duration
             mid = side.scrape()  # the stream is still going: not yet counted, but in flight
             assert mid.get("mlmon_inflight_requests") == 1
             assert mid.get("mlmon_time_to_first_byte_seconds_count") == m0.get(
-                "mlmon_time_to_first_byte_seconds_count")
+                "mlmon_time_to_first_byte_seconds_count"
+            )
     while not buf.endswith(b"0\r\n\r\n"):
         buf += s.recv(65536)
     total = time.monotonic() - t0
@@ -308,18 +347,28 @@ def test_c16_sse_events_are_flushed_at_once_and_ttfb_is_kept_apart_from_duration
     assert first_event_at is not None and 0.25 <= first_event_at < 0.6
     assert 2.0 <= total < 3.5
     m1 = side.scrape()
-    n_ttfb = m1.get("mlmon_time_to_first_byte_seconds_count") - m0.get("mlmon_time_to_first_byte_seconds_count")
-    ttfb = m1.get("mlmon_time_to_first_byte_seconds_sum") - m0.get("mlmon_time_to_first_byte_seconds_sum")
-    dur = m1.get("mlmon_request_duration_seconds_sum") - m0.get("mlmon_request_duration_seconds_sum")
+    n_ttfb = m1.get("mlmon_time_to_first_byte_seconds_count") - m0.get(
+        "mlmon_time_to_first_byte_seconds_count"
+    )
+    ttfb = m1.get("mlmon_time_to_first_byte_seconds_sum") - m0.get(
+        "mlmon_time_to_first_byte_seconds_sum"
+    )
+    dur = m1.get("mlmon_request_duration_seconds_sum") - m0.get(
+        "mlmon_request_duration_seconds_sum"
+    )
     assert n_ttfb == 1
     assert 0.28 <= ttfb < 0.5  # the first event (0.30 s), not the head (0.25 s), not the end
     assert 2.0 <= dur < 3.5
-    assert m1.get("mlmon_requests_total", outcome="ok") - m0.get("mlmon_requests_total", outcome="ok") == 1
+    assert (
+        m1.get("mlmon_requests_total", outcome="ok") - m0.get("mlmon_requests_total", outcome="ok")
+        == 1
+    )
 
 
 def _upstream_conns(pid: int, port: int) -> int:
     return sum(
-        1 for cn in psutil.Process(pid).net_connections(kind="tcp")
+        1
+        for cn in psutil.Process(pid).net_connections(kind="tcp")
         if cn.raddr and cn.raddr.port == port and cn.status == psutil.CONN_ESTABLISHED
     )
 
@@ -355,7 +404,10 @@ def test_c16_a_client_leaving_mid_stream_is_cancelled_and_frees_the_upstream_con
 
 def test_pipelined_requests_are_answered_in_order(side: SidecarProc) -> None:
     s = raw(side)
-    s.sendall(b"GET /slow?delay=0.3 HTTP/1.1\r\nHost: x\r\n\r\nGET /echo/second HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.sendall(
+        b"GET /slow?delay=0.3 HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /echo/second HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
     buf = b""
     deadline = time.monotonic() + 15
     while b"/echo/second" not in buf and time.monotonic() < deadline:
@@ -373,7 +425,9 @@ def test_head_204_and_expect_100_continue_work(side: SidecarProc) -> None:
     r = c.getresponse()
     assert r.status == 204 and r.read() == b""
     s = raw(side)
-    s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+    s.sendall(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+    )
     assert s.recv(100).startswith(b"HTTP/1.1 100 Continue")
     s.sendall(b"abc")
     buf = b""
@@ -397,14 +451,18 @@ def test_garbage_that_is_not_http_gets_400_and_the_sidecar_keeps_serving(side: S
 def test_c11_a_version_change_leaves_no_stale_info_series_and_keeps_counts(
     upstream: FaultServer, tmp_path: Path
 ) -> None:
-    """C11's kind of fault (a stale gauge outliving what it described) in a single-process sidecar."""
-    urllib.request.urlopen(urllib.request.Request(upstream.url + "/admin/version/7", method="POST")).read()
+    """C11's kind of fault (a stale gauge outliving what it described), single process."""
+    urllib.request.urlopen(
+        urllib.request.Request(upstream.url + "/admin/version/7", method="POST")
+    ).read()
     with sidecar(write_spec(tmp_path / "m.yaml", upstream.url)) as proc:
         c = conn(proc)
         for _ in range(20):
             c.request("POST", "/v2/models/m/infer", body=v2_body([[1, 2]]))
             c.getresponse().read()
-        urllib.request.urlopen(urllib.request.Request(upstream.url + "/admin/version/8", method="POST")).read()
+        urllib.request.urlopen(
+            urllib.request.Request(upstream.url + "/admin/version/8", method="POST")
+        ).read()
         deadline = time.monotonic() + 5
         while proc.scrape().series("mlmon_model_info") != [{"model": "m", "version": "8"}]:
             assert time.monotonic() < deadline, proc.scrape().series("mlmon_model_info")
@@ -435,7 +493,9 @@ def test_prometheus_multiproc_dir_is_ignored_so_no_dead_worker_files_are_read(
         assert proc.scrape().get("mlmon_requests_total") == 1
 
 
-def test_the_exposition_passes_promtool_and_speaks_openmetrics_with_exemplars(side: SidecarProc) -> None:
+def test_the_exposition_passes_promtool_and_speaks_openmetrics_with_exemplars(
+    side: SidecarProc,
+) -> None:
     c = conn(side)
     c.request("POST", "/v2/models/m/infer", body=v2_body([[1, 2]]))
     c.getresponse().read()
@@ -447,16 +507,22 @@ def test_the_exposition_passes_promtool_and_speaks_openmetrics_with_exemplars(si
         if os.environ.get("CI"):
             pytest.fail("promtool missing in CI (make system-deps installs it)")
         pytest.skip("promtool not installed")
-    res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
+    res = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, timeout=30
+    )
     assert res.returncode == 0, res.stdout + res.stderr
-    req = urllib.request.Request(side.metrics_url, headers={
-        "Accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"})
+    req = urllib.request.Request(
+        side.metrics_url,
+        headers={"Accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"},
+    )
     with urllib.request.urlopen(req) as r:
         assert r.headers["Content-Type"].startswith("application/openmetrics-text")
         om = r.read().decode()
     assert om.rstrip().endswith("# EOF")
-    assert any("mlmon_request_duration_seconds_bucket" in line and '# {trace_id="' in line
-               for line in om.splitlines())
+    assert any(
+        "mlmon_request_duration_seconds_bucket" in line and '# {trace_id="' in line
+        for line in om.splitlines()
+    )
 
 
 def test_the_sidecar_process_is_gone_after_stop(upstream: FaultServer, tmp_path: Path) -> None:
@@ -469,8 +535,12 @@ def test_the_sidecar_process_is_gone_after_stop(upstream: FaultServer, tmp_path:
 
 def _chat(proc: SidecarProc, body: dict) -> bytes:
     c = conn(proc)
-    c.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(),
-              headers={"Content-Type": "application/json"})
+    c.request(
+        "POST",
+        "/v1/chat/completions",
+        body=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     r = c.getresponse()
     assert r.status == 200
     return r.read()
@@ -479,16 +549,34 @@ def _chat(proc: SidecarProc, body: dict) -> bytes:
 def test_openai_streams_count_tokens_time_to_first_token_and_prompt_size(
     upstream: FaultServer, tmp_path: Path
 ) -> None:
-    spec = write_spec(tmp_path / "m.yaml", upstream.url, protocol="openai", outputs=[{"name": "*"}],
-                      features=[{"name": "temperature", "min": 0, "max": 2},
-                                {"name": "max_tokens", "min": 1, "max": 4096},
-                                {"name": "has_system_message", "type": "categorical", "categories": [0, 1]}])
+    spec = write_spec(
+        tmp_path / "m.yaml",
+        upstream.url,
+        protocol="openai",
+        outputs=[{"name": "*"}],
+        features=[
+            {"name": "temperature", "min": 0, "max": 2},
+            {"name": "max_tokens", "min": 1, "max": 4096},
+            {"name": "has_system_message", "type": "categorical", "categories": [0, 1]},
+        ],
+    )
     with sidecar(spec) as proc:
-        messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "one two three"}]
+        messages = [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "one two three"},
+        ]
         # Streamed with a usage chunk, streamed without (the sidecar must not assume
         # one comes), and not streamed; temperature 3 is out of range.
-        streamed = _chat(proc, {"model": "m", "messages": messages, "stream": True, "temperature": 0.2,
-                                "stream_options": {"include_usage": True}})
+        streamed = _chat(
+            proc,
+            {
+                "model": "m",
+                "messages": messages,
+                "stream": True,
+                "temperature": 0.2,
+                "stream_options": {"include_usage": True},
+            },
+        )
         assert streamed.count(b"data: ") == 6 and streamed.rstrip().endswith(b"data: [DONE]")
         _chat(proc, {"model": "m", "messages": messages, "stream": True, "temperature": 3})
         plain = json.loads(_chat(proc, {"model": "m", "messages": messages, "max_tokens": 10}))
@@ -507,4 +595,6 @@ def test_openai_streams_count_tokens_time_to_first_token_and_prompt_size(
         assert m.get("mlmon_feature_values_total", feature="temperature", state="out_of_range") == 1
         assert m.get("mlmon_feature_values_total", feature="temperature", state="present") == 1
         assert m.get("mlmon_feature_values_total", feature="temperature", state="missing") == 1
-        assert m.get("mlmon_feature_values_total", feature="has_system_message", state="present") == 3
+        assert (
+            m.get("mlmon_feature_values_total", feature="has_system_message", state="present") == 3
+        )

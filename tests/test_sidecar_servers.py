@@ -94,7 +94,9 @@ def test_exact_counts_for_20_v2_requests_through_the_sidecar(
     assert m.get("mlmon_feature_values_total", feature="mean_radius", state="present") == 15
     assert m.get("mlmon_feature_values_total", feature="mean_texture", state="null") == 3
     assert m.get("mlmon_feature_values_total", feature="mean_texture", state="present") == 17
-    assert m.get("mlmon_feature_values_total", feature="worst_fractal_dimension", state="missing") == 2
+    assert (
+        m.get("mlmon_feature_values_total", feature="worst_fractal_dimension", state="missing") == 2
+    )
     assert m.get("mlmon_feature_values_total") == 20 * 30
     assert m.get("mlmon_payload_errors_total") == 0
     assert m.get("mlmon_unexpected_features_total") == 0
@@ -121,7 +123,9 @@ def test_raw_bodies_are_byte_identical_to_the_upstreams(
 ) -> None:
     def post(port: int, body: bytes) -> tuple[int, bytes, str | None]:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        c.request("POST", "/v2/models/bc/infer", body=body, headers={"Content-Type": "application/json"})
+        c.request(
+            "POST", "/v2/models/bc/infer", body=body, headers={"Content-Type": "application/json"}
+        )
         r = c.getresponse()
         out = (r.status, r.read(), r.getheader("Content-Type"))
         c.close()
@@ -130,30 +134,45 @@ def test_raw_bodies_are_byte_identical_to_the_upstreams(
     up = urllib.parse.urlsplit(mlserver.url).port
     assert up is not None
     for i, rows in enumerate([trained_model.x_test[:1], trained_model.x_test[:64]]):
-        body = json.dumps({"id": f"same-{i}", "inputs": [
-            {"name": "x", "shape": [len(rows), 30], "datatype": "FP64", "data": rows}]}).encode()
+        body = json.dumps(
+            {
+                "id": f"same-{i}",
+                "inputs": [
+                    {"name": "x", "shape": [len(rows), 30], "datatype": "FP64", "data": rows}
+                ],
+            }
+        ).encode()
         assert post(bc_sidecar.port, body) == post(up, body)
 
 
 MLFLOW_BODIES = {
     "dataframe_split": lambda cols, rows: {"dataframe_split": {"columns": cols, "data": rows}},
-    "dataframe_records": lambda cols, rows: {"dataframe_records": [dict(zip(cols, r, strict=True)) for r in rows]},
+    "dataframe_records": lambda cols, rows: {
+        "dataframe_records": [dict(zip(cols, r, strict=True)) for r in rows]
+    },
     "instances": lambda cols, rows: {"instances": [dict(zip(cols, r, strict=True)) for r in rows]},
     "inputs": lambda cols, rows: {"inputs": {c: [r[j] for r in rows] for j, c in enumerate(cols)}},
 }
 
 
 @pytest.fixture(scope="module")
-def mlflow_sidecar(mlflow_server: MLflowServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProc]:
+def mlflow_sidecar(
+    mlflow_server: MLflowServerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SidecarProc]:
     d = tmp_path_factory.mktemp("mlflow-side")
     spec = demo_spec(d / "m.yaml", mlflow_server.url, d / "capture", protocol="mlflow")
     with sidecar(spec, "bc") as proc:
         yield proc
 
 
-@pytest.mark.parametrize("fmt", sorted(MLFLOW_BODIES), ids=lambda f: f"MLflow's {f} format is read row by row.")
+@pytest.mark.parametrize(
+    "fmt", sorted(MLFLOW_BODIES), ids=lambda f: f"MLflow's {f} format is read row by row."
+)
 def test_mlflow_formats_through_the_sidecar(
-    fmt: str, mlflow_sidecar: SidecarProc, mlflow_server: MLflowServerProcess, trained_model: TrainedModel
+    fmt: str,
+    mlflow_sidecar: SidecarProc,
+    mlflow_server: MLflowServerProcess,
+    trained_model: TrainedModel,
 ) -> None:
     cols = list(trained_model.feature_names)
     rows = [list(r) for r in trained_model.x_test[:3]]
@@ -169,12 +188,21 @@ def test_mlflow_formats_through_the_sidecar(
     expected = trained_model.load_estimator().predict(np.asarray(rows)).tolist()
     assert got == {"predictions": expected}
     m1 = mlflow_sidecar.scrape()
-    assert m1.get("mlmon_feature_values_total", feature="mean_radius", state="out_of_range") - m0.get(
-        "mlmon_feature_values_total", feature="mean_radius", state="out_of_range") == 1
-    assert m1.get("mlmon_feature_values_total", state="present") - m0.get(
-        "mlmon_feature_values_total", state="present") == 3 * 30 - 1
-    assert m1.get("mlmon_requests_total", route="/invocations", outcome="ok") - m0.get(
-        "mlmon_requests_total", route="/invocations", outcome="ok") == 1
+    assert (
+        m1.get("mlmon_feature_values_total", feature="mean_radius", state="out_of_range")
+        - m0.get("mlmon_feature_values_total", feature="mean_radius", state="out_of_range")
+        == 1
+    )
+    assert (
+        m1.get("mlmon_feature_values_total", state="present")
+        - m0.get("mlmon_feature_values_total", state="present")
+        == 3 * 30 - 1
+    )
+    assert (
+        m1.get("mlmon_requests_total", route="/invocations", outcome="ok")
+        - m0.get("mlmon_requests_total", route="/invocations", outcome="ok")
+        == 1
+    )
 
 
 def test_c13_mlflow_malformed_json_keeps_mlflows_own_status(
@@ -197,8 +225,11 @@ def test_c13_mlflow_malformed_json_keeps_mlflows_own_status(
     assert through == post(direct_port)
     assert 400 <= through[0] < 500  # MLflow's own client error, passed through; never a sidecar 5xx
     m1 = mlflow_sidecar.scrape()
-    assert m1.get("mlmon_payload_errors_total", reason="invalid_json") - m0.get(
-        "mlmon_payload_errors_total", reason="invalid_json") == 1
+    assert (
+        m1.get("mlmon_payload_errors_total", reason="invalid_json")
+        - m0.get("mlmon_payload_errors_total", reason="invalid_json")
+        == 1
+    )
     assert m1.get("mlmon_feature_values_total") == m0.get("mlmon_feature_values_total")
 
 
@@ -212,15 +243,28 @@ def test_a_real_prometheus_scrapes_the_sidecar_and_answers_red_queries(
         pytest.skip("prometheus not installed")
     (port,) = free_ports(1)
     cfg = tmp_path / "prometheus.yml"
-    cfg.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "model-sidecar",
-                            "static_configs": [{"targets": [f"127.0.0.1:{bc_sidecar.metrics_port}"]}]}],
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "scrape_configs": [
+                    {
+                        "job_name": "model-sidecar",
+                        "static_configs": [{"targets": [f"127.0.0.1:{bc_sidecar.metrics_port}"]}],
+                    }
+                ],
+            }
+        )
+    )
     prom = ManagedProcess(
-        [binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        ready_url=f"http://127.0.0.1:{port}/-/ready", log_path=tmp_path / "prometheus.log",
+        [
+            binary,
+            f"--config.file={cfg}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        ready_url=f"http://127.0.0.1:{port}/-/ready",
+        log_path=tmp_path / "prometheus.log",
         name="prometheus",
     )
     client = triton.InferenceServerClient(url=f"127.0.0.1:{bc_sidecar.port}")
@@ -250,11 +294,15 @@ def test_a_real_prometheus_scrapes_the_sidecar_and_answers_red_queries(
         client.close()
         wait_total(50)
         time.sleep(2.5)  # at least two samples after the traffic, for rate()
-        p99 = query("histogram_quantile(0.99, sum by (le) "
-                    "(rate(mlmon_request_duration_seconds_bucket[1m])))")
+        p99 = query(
+            "histogram_quantile(0.99, sum by (le) "
+            "(rate(mlmon_request_duration_seconds_bucket[1m])))"
+        )
         assert p99 and 0 < float(p99[0]["value"][1]) < 5
         up = query('mlmon_upstream_up{model="bc"}')
         assert float(up[0]["value"][1]) == 1
-        cov = query('sum by (feature) (mlmon_feature_values_total{state="present"}) / '
-                    'sum by (feature) (mlmon_feature_values_total)')
+        cov = query(
+            'sum by (feature) (mlmon_feature_values_total{state="present"}) / '
+            "sum by (feature) (mlmon_feature_values_total)"
+        )
         assert len(cov) == 30 and all(float(s["value"][1]) == 1.0 for s in cov)

@@ -30,11 +30,26 @@ def upstream(tmp_path: Path) -> Iterator[FaultServer]:
         yield srv
 
 
-def test_sidecar_memory_is_flat_under_minutes_of_mixed_traffic(upstream: FaultServer, tmp_path: Path) -> None:
-    spec = write_spec(tmp_path / "m.yaml", upstream.url,
-                      capture={"dir": str(tmp_path / "capture"), "rotate_seconds": 5, "max_bytes": 20_000_000})
-    body = json.dumps({"inputs": [{"name": "x", "shape": [4, 2], "datatype": "FP64",
-                                   "data": [[1, 2], [11, None], [3, "a"], [4, 5]]}]}).encode()
+def test_sidecar_memory_is_flat_under_minutes_of_mixed_traffic(
+    upstream: FaultServer, tmp_path: Path
+) -> None:
+    spec = write_spec(
+        tmp_path / "m.yaml",
+        upstream.url,
+        capture={"dir": str(tmp_path / "capture"), "rotate_seconds": 5, "max_bytes": 20_000_000},
+    )
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [4, 2],
+                    "datatype": "FP64",
+                    "data": [[1, 2], [11, None], [3, "a"], [4, 5]],
+                }
+            ]
+        }
+    ).encode()
     sent = [0]
     lock = threading.Lock()
     stop = threading.Event()
@@ -54,8 +69,10 @@ def test_sidecar_memory_is_flat_under_minutes_of_mixed_traffic(upstream: FaultSe
                 c.getresponse().read()
                 with lock:
                     sent[0] += 1
-                time.sleep(max(0.0, 0.005 - (time.monotonic() - t)))  # pace: at most ~200 req/s each
-        except BaseException as exc:  # noqa: BLE001
+                time.sleep(
+                    max(0.0, 0.005 - (time.monotonic() - t))
+                )  # pace: at most ~200 req/s each
+        except BaseException as exc:
             errors.append(exc)
         finally:
             c.close()
@@ -82,7 +99,9 @@ def test_sidecar_memory_is_flat_under_minutes_of_mixed_traffic(upstream: FaultSe
     # Flat: after the first fifth (imports, pools, caches warmed), RSS grows < 10 MiB.
     warm = [r for t, r in rss if t >= SOAK_SECONDS / 5]
     growth = (max(warm) - warm[0]) / 2**20
-    print(f"soak: {sent[0]} requests in {SOAK_SECONDS:.0f} s; RSS {warm[0] / 2**20:.1f} -> "
-          f"max {max(warm) / 2**20:.1f} MiB (+{growth:.1f} MiB)")
+    print(
+        f"soak: {sent[0]} requests in {SOAK_SECONDS:.0f} s; RSS {warm[0] / 2**20:.1f} -> "
+        f"max {max(warm) / 2**20:.1f} MiB (+{growth:.1f} MiB)"
+    )
     assert growth < 10, [(round(t), round(r / 2**20, 1)) for t, r in rss]
     assert max(r for _, r in rss) < 150 * 2**20

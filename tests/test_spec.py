@@ -68,25 +68,47 @@ def _mutate(path: list, value: object) -> dict:
 @pytest.mark.parametrize(
     ("path", "value", "expected"),
     [
-        (["models", 0, "features", 2], {"name": "f2", "min": 5, "max": 1},
-         "models[0].features[2].max: must be > min"),
-        (["models", 0, "features", 1, "colour"], 1,
-         "models[0].features[1].colour: unknown field"),
+        (
+            ["models", 0, "features", 2],
+            {"name": "f2", "min": 5, "max": 1},
+            "models[0].features[2].max: must be > min",
+        ),
+        (["models", 0, "features", 1, "colour"], 1, "models[0].features[1].colour: unknown field"),
         (["models", 0, "upstream"], "ftp://x", "models[0].upstream: must be an http:// URL"),
-        (["models", 0, "capture", "sample_rate"], 1.5,
-         "models[0].capture.sample_rate: Input should be less than or equal to 1"),
+        (
+            ["models", 0, "capture", "sample_rate"],
+            1.5,
+            "models[0].capture.sample_rate: Input should be less than or equal to 1",
+        ),
         (["models", 0, "protocol"], "grpc", "models[0].protocol: Input should be"),
         (["apiVersion"], "monitor/v2", "apiVersion: Input should be 'monitor/v1'"),
         (["service"], KeyError, "service: required field is missing"),
-        (["models", 0, "features", 0, "categories"], ["a"],
-         "models[0].features[0]: feature 'f0': categories apply to categorical features only"),
-        (["models", 0, "latency_buckets"], [0.1, 0.05], "models[0].latency_buckets: must be strictly increasing"),
-        (["models", 0, "features", 1, "name"], "f0", "models[0].features: feature name 'f0' repeats"),
-        (["models", 0, "outputs"], [{"name": "label", "type": "categorical"}],
-         "models[0].outputs[0]: output 'label': categorical outputs need 'classes'"),
+        (
+            ["models", 0, "features", 0, "categories"],
+            ["a"],
+            "models[0].features[0]: feature 'f0': categories apply to categorical features only",
+        ),
+        (
+            ["models", 0, "latency_buckets"],
+            [0.1, 0.05],
+            "models[0].latency_buckets: must be strictly increasing",
+        ),
+        (
+            ["models", 0, "features", 1, "name"],
+            "f0",
+            "models[0].features: feature name 'f0' repeats",
+        ),
+        (
+            ["models", 0, "outputs"],
+            [{"name": "label", "type": "categorical"}],
+            "models[0].outputs[0]: output 'label': categorical outputs need 'classes'",
+        ),
         (["models", 0, "name"], "other", "models: 'other' is reserved"),
-        (["models", 0, "features", 1, "name"], "timestamp",
-         "models[0].features: features[1]: 'timestamp' is reserved"),
+        (
+            ["models", 0, "features", 1, "name"],
+            "timestamp",
+            "models[0].features: features[1]: 'timestamp' is reserved",
+        ),
     ],
     ids=[
         "A max below min names the max field of that feature.",
@@ -121,14 +143,23 @@ def test_several_problems_are_all_reported_one_per_line() -> None:
 def test_validate_cli_exits_0_when_valid_and_1_with_one_line_per_problem(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(ISSUE_EXAMPLE)
-    ok = subprocess.run([sys.executable, "-m", "monitor", "validate", str(good)],
-                        capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-m", "monitor", "validate", str(good)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0, ok.stderr
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(_mutate(["models", 0, "features", 2],
-                                          {"name": "f2", "min": 5, "max": 1})))
-    res = subprocess.run([sys.executable, "-m", "monitor", "validate", str(bad)],
-                         capture_output=True, text=True, timeout=60)
+    bad.write_text(
+        yaml.safe_dump(_mutate(["models", 0, "features", 2], {"name": "f2", "min": 5, "max": 1}))
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "monitor", "validate", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 1
     assert res.stderr.strip() == f"{bad}: models[0].features[2].max: must be > min"
 

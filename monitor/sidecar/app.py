@@ -132,7 +132,7 @@ class Instrumentation:
         except PayloadError as exc:
             metrics.payload_errors.labels(metrics.name, self.model.protocol, exc.reason).inc()
             return
-        except Exception:  # noqa: BLE001 - an adapter bug must not break proxying
+        except Exception:
             log.exception("request adapter failed; counted as invalid_shape")
             metrics.payload_errors.labels(
                 metrics.name, self.model.protocol, c.PAYLOAD_INVALID_SHAPE
@@ -141,7 +141,7 @@ class Instrumentation:
         ex.ctx = rows
         try:
             metrics.observe_rows(rows)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("feature coverage failed")
 
     def response_started(self, ex: Exchange) -> None:
@@ -158,12 +158,16 @@ class Instrumentation:
         preds = None
         if ex.inference:
             preds = self._predictions(ex)
-            if preds is not None and preds.version and self._learn_version:
-                # The spec pins no version and the upstream's metadata named none
-                # (MLServer answers "versions": []): the response says which one
-                # served. Learnt before counting, so this request carries it too.
-                if preds.version != metrics.version:
-                    metrics.set_version(preds.version)
+            # The spec pins no version and the upstream's metadata named none
+            # (MLServer answers "versions": []): the response says which one
+            # served. Learnt before counting, so this request carries it too.
+            if (
+                preds is not None
+                and preds.version
+                and self._learn_version
+                and preds.version != metrics.version
+            ):
+                metrics.set_version(preds.version)
         span = ex.span
         exemplar = None
         if span is not None:
@@ -186,7 +190,7 @@ class Instrumentation:
             if preds is not None:
                 try:
                     metrics.observe_predictions(preds)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("prediction metrics failed")
             rows = ex.ctx
             if self.capture is not None and isinstance(rows, Rows) and rows.n:
@@ -211,7 +215,7 @@ class Instrumentation:
             return self.adapter.parse_response(body, ctype.decode("latin-1") if ctype else None)
         except PayloadError:
             return None
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("response adapter failed")
             return None
 
@@ -317,8 +321,10 @@ class Sidecar:
         await self._runner.setup()
         site = web.TCPSite(self._runner, *self.metrics_listen, reuse_address=True)
         await site.start()
-        self.metrics_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
-        timeout = aiohttp.ClientTimeout(total=min(m.probe_interval_seconds, m.timeouts.connect_seconds + 2))
+        self.metrics_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        timeout = aiohttp.ClientTimeout(
+            total=min(m.probe_interval_seconds, m.timeouts.connect_seconds + 2)
+        )
         # A probe every few seconds needs no pooled connection to the model server.
         self._session = aiohttp.ClientSession(
             timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)
@@ -327,7 +333,7 @@ class Sidecar:
         self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop())
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
-        """Stop accepting, let in-flight requests finish (up to ``grace_seconds``), flush capture."""
+        """Stop accepting, let in-flight requests finish (``grace_seconds``), flush capture."""
         if self._probe_task is not None:
             self._probe_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -380,7 +386,7 @@ class Sidecar:
             await asyncio.sleep(self.model.probe_interval_seconds)
             try:
                 await self.probe()
-            except Exception:  # noqa: BLE001 - the probe must never die
+            except Exception:
                 log.exception("readiness probe failed")
 
     async def _handle_metrics(self, request: web.Request) -> web.Response:
@@ -393,7 +399,9 @@ class Sidecar:
     async def _handle_ready(self, request: web.Request) -> web.Response:
         if self.ready:
             return web.json_response({"status": "ready"})
-        return web.json_response({"status": "upstream not ready", "upstream": self.model.upstream}, status=503)
+        return web.json_response(
+            {"status": "upstream not ready", "upstream": self.model.upstream}, status=503
+        )
 
 
 class _NoPandas(importlib.abc.MetaPathFinder):

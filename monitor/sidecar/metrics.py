@@ -177,10 +177,12 @@ class SidecarMetrics:
                 [L.LABEL_MODEL, L.LABEL_KIND],
                 registry=r,
             )
-            self.tokens = {k: tokens.labels(self.name, k) for k in (c.TOKENS_PROMPT, c.TOKENS_COMPLETION)}
+            self.tokens = {
+                k: tokens.labels(self.name, k) for k in (c.TOKENS_PROMPT, c.TOKENS_COMPLETION)
+            }
             self.ttft: Any = Histogram(
                 c.LLM_TIME_TO_FIRST_TOKEN_SECONDS,
-                "Streamed completions: time from the request head to the first token event, in seconds.",
+                "Streamed completions: time from the request head to the first token, in seconds.",
                 [L.LABEL_MODEL],
                 buckets=model.latency_buckets,
                 registry=r,
@@ -212,9 +214,9 @@ class SidecarMetrics:
         cross-replica version check see two versions; the kind of fault in C11).
         Counters keep their old-version series (counters never go down).
         """
-        if version == self.version and self.info._metrics:  # noqa: SLF001
+        if version == self.version and self.info._metrics:
             return
-        try:
+        try:  # noqa: SIM105 - cheaper than contextlib.suppress
             self.info.remove(self.name, self.version)
         except KeyError:
             pass
