@@ -84,6 +84,18 @@ OUTCOMES: Final = (
 ERROR_OUTCOMES: Final = (OUTCOME_SERVER_ERROR, OUTCOME_TIMEOUT, OUTCOME_UNREACHABLE)
 """Outcomes that count against the availability SLI (the error budget)."""
 
+
+def outcome_for_status(status: int) -> str:
+    """Outcome of an answered request by HTTP status: 1xx-3xx ok, 4xx client_error,
+    5xx server_error (timeouts, unreachable upstreams and cancellations are set
+    by the proxy, which knows them)."""
+    if status >= 500:
+        return OUTCOME_SERVER_ERROR
+    if status >= 400:
+        return OUTCOME_CLIENT_ERROR
+    return OUTCOME_OK
+
+
 STATE_PRESENT: Final = "present"
 STATE_MISSING: Final = "missing"
 STATE_NULL: Final = "null"

@@ -26,18 +26,9 @@ from monitor.coverage import CoverageEvaluator
 from monitor.payload import Predictions, Rows
 from monitor.spec import ModelSpec, OutputSpec
 
-__all__ = ["SidecarMetrics", "outcome_for_status"]
+__all__ = ["SidecarMetrics"]
 
 UNKNOWN_VERSION = "unknown"
-
-
-def outcome_for_status(status: int) -> str:
-    """Map an HTTP status to a request outcome (1xx-3xx ok, 4xx client_error, 5xx server_error)."""
-    if status >= 500:
-        return c.OUTCOME_SERVER_ERROR
-    if status >= 400:
-        return c.OUTCOME_CLIENT_ERROR
-    return c.OUTCOME_OK
 
 
 class _CoverageCollector(Collector):

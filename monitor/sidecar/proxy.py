@@ -918,16 +918,7 @@ class ProxyServer:
         if ex.timer is not None:
             ex.timer.cancel()
             ex.timer = None
-        if outcome is None:
-            status = ex.status
-            outcome = (
-                c.OUTCOME_SERVER_ERROR
-                if status >= 500
-                else c.OUTCOME_CLIENT_ERROR
-                if status >= 400
-                else c.OUTCOME_OK
-            )
-        ex.outcome = outcome
+        ex.outcome = c.outcome_for_status(ex.status) if outcome is None else outcome
         try:
             self.observer.request_finished(ex)
         except Exception:
