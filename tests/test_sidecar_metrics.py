@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from monitor.payload import Predictions, Rows
 from monitor.conventions import outcome_for_status
+from monitor.payload import Predictions, Rows
 from monitor.sidecar.metrics import SidecarMetrics
 from monitor.spec import ModelSpec
 

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
@@ -21,9 +22,9 @@ pytestmark = pytest.mark.timeout(60)
 class _Collector(BaseHTTPRequestHandler):
     """A minimal OTLP/HTTP trace receiver: decodes protobuf export requests."""
 
-    spans: list = []
+    spans: ClassVar[list] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         req = ExportTraceServiceRequest()
         req.ParseFromString(body)
