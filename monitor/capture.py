@@ -57,6 +57,7 @@ import pyarrow.parquet as pq
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from monitor import conventions as c
+from monitor.coverage import category_key
 from monitor.errors import CaptureError
 from monitor.payload import MISSING, Predictions, Rows
 from monitor.spec import ModelSpec
@@ -158,12 +159,13 @@ def _to_float(v: Any) -> float | None:
 
 
 def _to_str(v: Any) -> str | None:
-    """A categorical cell: scalars as ``str(v)``; MISSING, None, lists and dicts as null."""
+    """A categorical cell: scalars in the canonical form of :func:`category_key` (as
+    coverage and class counts see them); MISSING, None, NaN, lists and dicts as null."""
     if type(v) is str:
         return v
-    if v is None or v is MISSING or isinstance(v, list | dict | tuple):
+    if v is None or v is MISSING or isinstance(v, list | dict | tuple) or v != v:
         return None
-    return str(v)
+    return category_key(v)
 
 
 def _floats(values: list[Any]) -> list[float | None]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from monitor import __version__
+from monitor.conventions import DEFAULT_METRICS_LISTEN, DEFAULT_SIDECAR_LISTEN
 from monitor.errors import MonitorError, SpecError
 from monitor.spec import load_spec
 
@@ -63,9 +64,11 @@ def validate(file: Path) -> None:
     "--config", "config", required=True, type=click.Path(path_type=Path), help="monitor.yaml"
 )
 @click.option("--model", "model", required=True, help="Name of the model (in the spec) to front.")
-@click.option("--listen", default="127.0.0.1:8000", show_default=True, help="Proxy HOST:PORT.")
 @click.option(
-    "--metrics-listen", default="127.0.0.1:9400", show_default=True, help="Metrics HOST:PORT."
+    "--listen", default=DEFAULT_SIDECAR_LISTEN, show_default=True, help="Proxy HOST:PORT."
+)
+@click.option(
+    "--metrics-listen", default=DEFAULT_METRICS_LISTEN, show_default=True, help="Metrics HOST:PORT."
 )
 def sidecar(config: Path, model: str, listen: str, metrics_listen: str) -> None:
     """Run the sidecar exporter: a transparent proxy to the model server with metrics."""

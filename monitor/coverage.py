@@ -34,7 +34,7 @@ from monitor import conventions as c
 from monitor.payload import MISSING, Rows
 from monitor.spec import FeatureSpec
 
-__all__ = ["STATE_INDEX", "CoverageEvaluator"]
+__all__ = ["STATE_INDEX", "CoverageEvaluator", "category_key"]
 
 STATE_INDEX = {s: i for i, s in enumerate(c.FEATURE_STATES)}
 """State name -> index into a feature's count vector."""
@@ -70,7 +70,7 @@ def _numerical(lo: float | None, hi: float | None) -> Callable[[Sequence[Any], l
 def _categorical(categories: list[Any] | None) -> Callable[[Sequence[Any], list[int]], None]:
     # Compare by string form so that 1, 1.0 and "1" in the payload all match a
     # declared category 1 or "1" (JSON clients disagree on quoting class codes).
-    known = None if categories is None else frozenset(_key(x) for x in categories)
+    known = None if categories is None else frozenset(category_key(x) for x in categories)
 
     def classify(values: Sequence[Any], counts: list[int]) -> None:
         for v in values:
@@ -78,7 +78,7 @@ def _categorical(categories: list[Any] | None) -> Callable[[Sequence[Any], list[
             if t is str or t is int or t is bool or t is float:
                 if t is float and v != v:
                     counts[_NULL] += 1
-                elif known is None or _key(v) in known:
+                elif known is None or category_key(v) in known:
                     counts[_PRESENT] += 1
                 else:
                     counts[_UNSEEN] += 1
@@ -92,7 +92,10 @@ def _categorical(categories: list[Any] | None) -> Callable[[Sequence[Any], list[
     return classify
 
 
-def _key(v: Any) -> str:
+def category_key(v: Any) -> str:
+    """Canonical string of a categorical scalar: ``1``, ``1.0`` and ``"1"`` -> ``"1"``;
+    booleans -> ``"true"``/``"false"``. Coverage, class counts and the capture
+    store all compare and write categories in this form."""
     if type(v) is float and v.is_integer():
         return str(int(v))
     if type(v) is bool:

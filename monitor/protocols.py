@@ -65,9 +65,9 @@ SSE_MAX_LINE_BYTES = 1 << 20
 line is dropped. OpenAI chunks are a few hundred bytes; 1 MiB bounds memory per stream."""
 
 VERSION_MAX_CHARS = 64
+"""A version read from upstream metadata becomes a label value; longer strings are cut."""
 REQUEST_ID_MAX_CHARS = 128
 """Longest request id kept from a payload (V2 ``id``) for the capture store."""
-"""A version read from upstream metadata becomes a label value; longer strings are cut."""
 
 _SHAPE = c.PAYLOAD_INVALID_SHAPE
 _LIST_ONLY = frozenset((list,))

@@ -52,6 +52,10 @@ Protocol = Literal["v2", "v1", "tfserving", "mlflow", "openai", "json"]
 Category = str | int | float | bool
 
 
+_RESERVED_COLUMNS = frozenset({"timestamp", "request_id", "prediction"})
+"""Column names of the capture store that features may not take."""
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -85,7 +89,12 @@ class FeatureSpec(_Model):
     description: str = ""
     """Free text shown in reports and dashboards."""
 
-    _check = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if v in _RESERVED_COLUMNS:
+            raise ValueError(f"{v!r} is reserved for a capture-store column; rename the feature")
+        return _check_name(v)
 
     @field_validator("max")
     @classmethod
@@ -150,10 +159,21 @@ class OutputSpec(_Model):
             _check_buckets(v)
         return v
 
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, v: list[Category] | None) -> list[Category] | None:
+        if v is not None and len({str(x) for x in v}) != len(v):
+            raise ValueError("must not repeat a class")
+        return v
+
     @model_validator(mode="after")
     def _classes(self) -> OutputSpec:
         if self.type == "categorical" and not self.classes:
             raise ValueError(f"output {self.name!r}: categorical outputs need 'classes'")
+        if self.type == "numerical" and self.classes is not None:
+            raise ValueError(f"output {self.name!r}: classes apply to categorical outputs only")
+        if self.type == "categorical" and self.buckets is not None:
+            raise ValueError(f"output {self.name!r}: buckets apply to numerical outputs only")
         return self
 
 
@@ -166,9 +186,6 @@ def _check_buckets(v: list[float]) -> None:
         raise ValueError("must be strictly increasing")
 
 
-_RESERVED_COLUMNS = frozenset({"timestamp", "request_id", "prediction"})
-
-
 class CaptureSpec(_Model):
     """Sampled input capture for the drift job (Parquet files)."""
 
@@ -177,7 +194,7 @@ class CaptureSpec(_Model):
     sample_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
     """Share of rows written, 0-1 (default 1.0: every row)."""
     max_bytes: Annotated[int, Field(gt=0)] = 1 << 30
-    """Total size bound of the store in bytes (default 1 GiB); oldest files go first."""
+    """Size bound in bytes of this model's capture files (default 1 GiB); oldest go first."""
     rotate_seconds: Annotated[float, Field(gt=0)] = 60.0
     """A file is closed after this many seconds (default 60)."""
     max_file_bytes: Annotated[int, Field(gt=0)] = 64 << 20
@@ -191,6 +208,10 @@ class TimeoutSpec(_Model):
 
     connect_seconds: Annotated[float, Field(gt=0)] = 5.0
     """TCP connect timeout in seconds (default 5); expiry answers 504."""
+    client_idle_seconds: Annotated[float, Field(gt=0)] = 75.0
+    """A client connection with no request in progress and no bytes for this long is
+    closed (default 75 s, nginx's keepalive_timeout); this also ends stalled request
+    heads (slowloris)."""
     read_seconds: Annotated[float, Field(gt=0)] = 60.0
     """Longest wait for the upstream's response head or next body bytes (default 60 s);
     expiry answers 504 (or aborts a stream already under way)."""
@@ -267,10 +288,6 @@ class ModelSpec(_Model):
     def _unique_features(cls, v: list[FeatureSpec]) -> list[FeatureSpec]:
         seen: set[str] = set()
         for i, f in enumerate(v):
-            if f.name in _RESERVED_COLUMNS:
-                raise ValueError(
-                    f"features[{i}]: {f.name!r} is reserved for a capture-store column"
-                )
             if f.name in seen:
                 raise ValueError(f"feature name {f.name!r} repeats (features[{i}])")
             seen.add(f.name)
@@ -282,6 +299,14 @@ class ModelSpec(_Model):
         names = [o.name for o in v]
         if len(set(names)) != len(names):
             raise ValueError("output names must not repeat")
+        return v
+
+    @field_validator("inference_paths")
+    @classmethod
+    def _inference_paths(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not p.startswith("/") or any(ch in p for ch in "{}?#"):
+                raise ValueError(f"{p!r}: must be a literal path starting with '/' (no query)")
         return v
 
     @field_validator("health_path")

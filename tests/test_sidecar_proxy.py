@@ -598,3 +598,40 @@ def test_openai_streams_count_tokens_time_to_first_token_and_prompt_size(
         assert (
             m.get("mlmon_feature_values_total", feature="has_system_message", state="present") == 3
         )
+
+
+def test_idle_and_stalled_client_connections_are_closed(
+    upstream: FaultServer, tmp_path: Path
+) -> None:
+    spec = write_spec(
+        tmp_path / "m.yaml",
+        upstream.url,
+        timeouts={"connect_seconds": 1, "read_seconds": 2, "client_idle_seconds": 1},
+    )
+    with sidecar(spec) as proc:
+        idle = socket.create_connection(("127.0.0.1", proc.port), timeout=5)
+        stalled = socket.create_connection(("127.0.0.1", proc.port), timeout=5)
+        _OPEN.extend([idle, stalled])
+        stalled.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
+        t0 = time.monotonic()
+        assert idle.recv(100) == b"" and stalled.recv(100) == b""  # closed by the sidecar
+        assert 0.9 <= time.monotonic() - t0 < 3.5
+        # A connection in use is not cut: a 1.5 s request outlives the 1 s idle limit.
+        c = conn(proc)
+        c.request("GET", "/slow?delay=1.5")
+        assert c.getresponse().status == 200
+
+
+def test_an_upgrade_request_gets_the_upstreams_plain_answer_then_close(side: SidecarProc) -> None:
+    s = raw(side)
+    s.sendall(b"GET /echo/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    buf = b""
+    while True:
+        data = s.recv(65536)
+        if not data:
+            break
+        buf += data
+    assert buf.startswith(b"HTTP/1.1 200 OK")  # not 101: the client knows no upgrade happened
+    assert b"Connection: close" in buf
+    seen = json.loads(buf.split(b"\r\n\r\n", 1)[1])
+    assert not any(h[0].lower() in ("upgrade", "connection") for h in seen["headers"])

@@ -107,7 +107,7 @@ def _mutate(path: list, value: object) -> dict:
         (
             ["models", 0, "features", 1, "name"],
             "timestamp",
-            "models[0].features: features[1]: 'timestamp' is reserved",
+            "models[0].features[1].name: 'timestamp' is reserved",
         ),
     ],
     ids=[

@@ -83,7 +83,9 @@ class Instrumentation:
         self.capture = capture
         self._inflight = metrics.inflight
         self._csv_ok = model.protocol == "mlflow"
-        self._learn_version = model.version is None
+        self.learn_version = model.version is None
+        """Take the version from responses (V2 ``model_version``): only while neither
+        the spec nor the upstream's metadata names one (the probe clears it)."""
 
     def request_started(self, ex: Exchange) -> None:
         m = self.adapter.match(ex.method, ex.path)
@@ -164,7 +166,7 @@ class Instrumentation:
             if (
                 preds is not None
                 and preds.version
-                and self._learn_version
+                and self.learn_version
                 and preds.version != metrics.version
             ):
                 metrics.set_version(preds.version)
@@ -308,6 +310,7 @@ class Sidecar:
             read_timeout=m.timeouts.read_seconds,
             inspect_max_bytes=m.inspect_max_bytes,
             max_request_bytes=m.max_request_bytes,
+            client_idle_timeout=m.timeouts.client_idle_seconds,
         )
         if self.capture is not None:
             self.capture.start()
@@ -377,6 +380,7 @@ class Sidecar:
                     version = self.adapter.parse_version(body) if resp.status == 200 else None
                 if version:
                     self.metrics.set_version(version)
+                self.instrumentation.learn_version = not version
             except (aiohttp.ClientError, TimeoutError, OSError):
                 pass
         return up

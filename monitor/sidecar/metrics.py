@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from monitor import conventions as c
-from monitor.coverage import CoverageEvaluator
+from monitor.coverage import CoverageEvaluator, category_key
 from monitor.payload import Predictions, Rows
 from monitor.spec import ModelSpec, OutputSpec
 
@@ -56,7 +56,6 @@ class SidecarMetrics:
     Args:
         model: the model's spec.
         registry: where metrics register (default: a new ``CollectorRegistry``).
-        protocol: protocol label value for payload errors (default ``model.protocol``).
     """
 
     def __init__(self, model: ModelSpec, registry: CollectorRegistry | None = None) -> None:
@@ -80,7 +79,7 @@ class SidecarMetrics:
         )
         self.ttfb = Histogram(
             c.TIME_TO_FIRST_BYTE_SECONDS,
-            "Streamed responses: time from the request head to the response head, in seconds.",
+            "Streamed responses: time from the request head to the first body bytes, in seconds.",
             [L.LABEL_MODEL, L.LABEL_VERSION, L.LABEL_ROUTE],
             buckets=model.latency_buckets,
             registry=r,
@@ -188,11 +187,11 @@ class SidecarMetrics:
 
         self._outputs = {o.name: o for o in model.outputs}
         self._classes = {
-            o.name: {_class_key(x): str(x) for x in o.classes or ()} for o in model.outputs
+            o.name: {category_key(x): str(x) for x in o.classes or ()} for o in model.outputs
         }
         self._req_children: dict[tuple[str, str, str, int, str], Any] = {}
         self._dur_children: dict[tuple[str, str, str], Any] = {}
-        self._ttfb_children: dict[tuple[str, str], Any] = {}
+        self._ttfb_children: dict[tuple[str, str, str], Any] = {}
         self._pred_children: dict[tuple[str, str], Any] = {}
         self.version = UNKNOWN_VERSION
         self.set_version(model.version or UNKNOWN_VERSION)
@@ -242,7 +241,7 @@ class SidecarMetrics:
     def observe_ttfb(self, model: str, route: str, seconds: float) -> None:
         """Observe the time to the response head of a streamed response (seconds)."""
         version = self.version if model == self.name else ""
-        key = (route, version)
+        key = (model, version, route)
         child = self._ttfb_children.get(key)
         if child is None:
             child = self._ttfb_children[key] = self.ttfb.labels(model, version, route)
@@ -283,7 +282,9 @@ class SidecarMetrics:
                 for v in values:
                     if isinstance(v, list) and len(v) == 1:
                         v = v[0]
-                    cls = classes.get(_class_key(v), c.CLASS_OTHER) if _scalar(v) else c.CLASS_OTHER
+                    cls = c.CLASS_OTHER
+                    if _scalar(v):
+                        cls = classes.get(category_key(v), c.CLASS_OTHER)
                     self._pred_child(label, cls).inc()
         if preds.usage and self.model.protocol == "openai":
             for kind, n in preds.usage.items():
@@ -305,14 +306,6 @@ class SidecarMetrics:
 
 def _scalar(v: Any) -> bool:
     return isinstance(v, (str, int, float, bool))
-
-
-def _class_key(v: Any) -> str:
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
 
 
 def _all_buckets(outputs: list[OutputSpec]) -> list[float]:

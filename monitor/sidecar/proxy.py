@@ -4,7 +4,7 @@ Why not aiohttp or a framework: the proxy must forward bodies as they arrive
 (a 120 MB upload or an endless SSE stream keeps memory bounded), must never
 reject what the model server would accept, and must cost little per request.
 A protocol-level proxy with ``httptools`` (llhttp) parsing both sides measured
-about 2x the throughput of an aiohttp client/server pair here (see
+more throughput than an aiohttp client/server pair here (see
 docs/performance.md).
 
 What passes through unchanged: method, request target (path and query),
@@ -21,7 +21,8 @@ Errors the sidecar makes itself, each with a JSON body
 * 502: the upstream is unreachable (refused, reset, closed before answering);
 * 504: the upstream did not connect or answer within the configured timeouts;
 * 413: the request declares a body above ``max_request_bytes`` (when set);
-* 400: the request is not parseable HTTP/1.x (it cannot be forwarded).
+* 400: the request is not parseable HTTP/1.x (it cannot be forwarded);
+* 501: a connection that starts with a protocol upgrade and no request.
 
 Everything about metrics is delegated to an :class:`Observer`; this module only
 moves bytes and keeps time.
@@ -58,6 +59,7 @@ HOP_BY_HOP = frozenset(
 )
 _STRIP_REQUEST = HOP_BY_HOP | {b"expect"}
 _TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -389,6 +391,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.parsing: Exchange | None = None  # exchange whose request is being read
         self.queue: deque[Exchange] = deque()  # pipelined requests waiting their turn
         self.closed = False
+        self.last_activity = proxy.loop.time()
         self._paused = 0
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -405,10 +408,20 @@ class DownstreamProtocol(asyncio.Protocol):
         self.proxy.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        self.last_activity = self.proxy.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self.proxy.reject_local(self, self.parsing, 501, "protocol upgrade is not supported")
+            # Upgrade and Connection are hop-by-hop and not forwarded, so the
+            # upstream answers a plain request and the client, not seeing 101, knows
+            # no upgrade happened (RFC 9110 7.8). Bytes after the head are not HTTP:
+            # close once the response is sent.
+            ex = self.current
+            if ex is None:
+                self.proxy.reject_local(self, None, 501, "protocol upgrade is not supported")
+            else:
+                ex.keep_alive = False
+                self.pause_reading()
         except httptools.HttpParserError as exc:
             self.proxy.reject_local(self, self.parsing, 400, f"malformed HTTP request: {exc}")
 
@@ -522,6 +535,8 @@ class ProxyServer:
             the observer; larger ones stream through uninspected.
         max_request_bytes: requests declaring a larger ``Content-Length`` get 413
             from the sidecar (None: no limit).
+        client_idle_timeout: seconds after which a client connection with no
+            request in progress and no bytes received is closed.
     """
 
     def __init__(
@@ -534,6 +549,7 @@ class ProxyServer:
         read_timeout: float = 60.0,
         inspect_max_bytes: int = 8 << 20,
         max_request_bytes: int | None = None,
+        client_idle_timeout: float = 75.0,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.loop = loop or asyncio.get_running_loop()
@@ -544,13 +560,26 @@ class ProxyServer:
         self.pool = UpstreamPool(self, host, port, connect_timeout)
         self.connections: set[DownstreamProtocol] = set()
         self.server: asyncio.base_events.Server | None = None
+        self.client_idle_timeout = client_idle_timeout
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def listen(self, host: str, port: int) -> asyncio.base_events.Server:
         """Start accepting clients on ``host:port`` (port 0 picks a free one)."""
         self.server = await self.loop.create_server(
             lambda: DownstreamProtocol(self), host, port, reuse_address=True, backlog=1024
         )
+        self._sweep()
         return self.server
+
+    def _sweep(self) -> None:
+        """Close idle client connections; runs every ``min(1, timeout / 4)`` seconds."""
+        now = self.loop.time()
+        limit = self.client_idle_timeout
+        for d in list(self.connections):
+            if d.current is None and now - d.last_activity > limit and d.transport is not None:
+                d.closed = True
+                d.transport.close()
+        self._sweeper = self.loop.call_later(min(1.0, limit / 4), self._sweep)
 
     @property
     def port(self) -> int:
@@ -560,6 +589,8 @@ class ProxyServer:
 
     async def close(self) -> None:
         """Stop accepting, close client and upstream connections."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.server is not None:
             self.server.close()
         for d in list(self.connections):
@@ -584,7 +615,8 @@ class ProxyServer:
         if cl is not None and cl > self.inspect_max_bytes:
             ex.collect = False
             ex.truncated = True
-        if ex.header(b"expect") is not None:
+        expect = ex.header(b"expect")
+        if expect is not None and ex.http11 and expect.lower() == b"100-continue":
             ex.down.write(_CONTINUE)
         conn = self.pool.acquire_idle()
         if conn is not None:
@@ -838,7 +870,12 @@ class ProxyServer:
             )
 
     def _replayable(self, ex: Exchange) -> bool:
-        return ex.req_done and not ex.truncated and ex.collect
+        # Only requests without side effects are replayed: idempotent methods
+        # (RFC 9110 9.2.2), inference calls (a pure function of the input) and
+        # requests carrying an Idempotency-Key; never, e.g., a model load.
+        if not (ex.req_done and not ex.truncated and ex.collect):
+            return False
+        return ex.method in _IDEMPOTENT or ex.inference or ex.header(b"idempotency-key") is not None
 
     def _replay_body(self, ex: Exchange) -> list[bytes]:
         if not ex.body_parts:
