@@ -624,7 +624,9 @@ def test_idle_and_stalled_client_connections_are_closed(
 
 def test_an_upgrade_request_gets_the_upstreams_plain_answer_then_close(side: SidecarProc) -> None:
     s = raw(side)
-    s.sendall(b"GET /echo/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    s.sendall(
+        b"GET /echo/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
     buf = b""
     while True:
         data = s.recv(65536)

@@ -25,7 +25,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
@@ -37,7 +36,7 @@ from monitor.protocols import Adapter, make_adapter
 from monitor.sidecar.metrics import SidecarMetrics
 from monitor.sidecar.proxy import Exchange, ProxyServer
 from monitor.spec import ModelSpec, MonitorSpec
-from monitor.tracing import PROPAGATOR, make_tracer, traceparent_header
+from monitor.tracing import RequestTrace, RequestTracer
 
 __all__ = ["Instrumentation", "Sidecar", "parse_listen", "run_sidecar"]
 
@@ -73,7 +72,7 @@ class Instrumentation:
         adapter: Adapter,
         metrics: SidecarMetrics,
         *,
-        tracer: Any = None,
+        tracer: RequestTracer | None = None,
         capture: Any = None,
     ) -> None:
         self.model = model
@@ -93,29 +92,18 @@ class Instrumentation:
         ex.model_label = m.model
         ex.inference = m.inference
         self._inflight.inc()
-        if self.tracer is not None:
-            headers = {}
-            tp = ex.header(b"traceparent")
-            if tp is not None:
-                headers["traceparent"] = tp.decode("latin-1")
-                ts = ex.header(b"tracestate")
-                if ts is not None:
-                    headers["tracestate"] = ts.decode("latin-1")
-            ctx = PROPAGATOR.extract(headers) if headers else None
-            method = ex.method.decode("latin-1")
-            span = self.tracer.start_span(
-                f"{method} {m.template}",
-                context=ctx,
-                kind=SpanKind.SERVER,
-                attributes={
-                    "http.request.method": method,
-                    "http.route": m.template,
-                    "url.path": ex.path,
-                    "ml.model": m.model,
-                },
+        tracer = self.tracer
+        if tracer is not None:
+            trace = tracer.start(
+                ex.method.decode("latin-1"),
+                m.template,
+                ex.path,
+                m.model,
+                ex.header(b"traceparent"),
+                ex.header(b"tracestate"),
             )
-            ex.span = span
-            ex.trace_header = traceparent_header(span, ex.header(b"tracestate"))
+            ex.span = trace
+            ex.trace_header = trace.header
 
     def request_complete(self, ex: Exchange) -> None:
         if not ex.inference:
@@ -170,12 +158,10 @@ class Instrumentation:
                 and preds.version != metrics.version
             ):
                 metrics.set_version(preds.version)
-        span = ex.span
+        trace = ex.span
         exemplar = None
-        if span is not None:
-            sc = span.get_span_context()
-            if sc.trace_flags.sampled:
-                exemplar = {"trace_id": f"{sc.trace_id:032x}"}
+        if trace is not None and trace.sampled:
+            exemplar = {"trace_id": trace.trace_id_hex}
         metrics.observe_request(
             ex.model_label, ex.route, ex.status, ex.outcome, ex.t_end - ex.t_start, exemplar
         )
@@ -196,12 +182,9 @@ class Instrumentation:
                     log.exception("prediction metrics failed")
             rows = ex.ctx
             if self.capture is not None and isinstance(rows, Rows) and rows.n:
-                self.capture.submit(rows, preds, self._request_id(ex, rows, span))
-        if span is not None:
-            span.set_attribute("http.response.status_code", ex.status)
-            if ex.outcome in _ERROR_OUTCOMES:
-                span.set_status(Status(StatusCode.ERROR, ex.outcome))
-            span.end()
+                self.capture.submit(rows, preds, self._request_id(ex, rows, trace))
+        if trace is not None:
+            trace.end(ex.status, ex.outcome in _ERROR_OUTCOMES)
 
     def _predictions(self, ex: Exchange) -> Predictions | None:
         stream = ex.stream
@@ -222,15 +205,15 @@ class Instrumentation:
             return None
 
     @staticmethod
-    def _request_id(ex: Exchange, rows: Rows, span: Any) -> str:
+    def _request_id(ex: Exchange, rows: Rows, trace: RequestTrace | None) -> str:
         """``X-Request-Id`` header, else the payload's own id, else the trace id."""
         rid = ex.header(b"x-request-id")
         if rid:
             return rid[:128].decode("latin-1")
         if rows.request_id:
             return rows.request_id
-        if span is not None:
-            return f"{span.get_span_context().trace_id:032x}"
+        if trace is not None:
+            return trace.trace_id_hex
         return os.urandom(16).hex()
 
 
@@ -278,7 +261,11 @@ class Sidecar:
         self.registry = registry
         self.metrics = SidecarMetrics(self.model, registry)
         self.adapter = make_adapter(self.model)
-        self._tracing = make_tracer(spec.tracing, f"monitor-sidecar-{self.model.name}")
+        self.tracer = (
+            RequestTracer(spec.tracing, f"monitor-sidecar-{self.model.name}")
+            if spec.tracing.enabled
+            else None
+        )
         self.capture: Any = None
         if self.model.capture is not None:
             from monitor.capture import CaptureWriter
@@ -288,7 +275,7 @@ class Sidecar:
             self.model,
             self.adapter,
             self.metrics,
-            tracer=self._tracing[0] if self._tracing else None,
+            tracer=self.tracer,
             capture=self.capture,
         )
         self.proxy: ProxyServer | None = None
@@ -356,8 +343,8 @@ class Sidecar:
             await self._runner.cleanup()
         if self.capture is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.capture.close)
-        if self._tracing is not None:
-            self._tracing[1].shutdown()
+        if self.tracer is not None:
+            self.tracer.shutdown()
 
     async def probe(self) -> bool:
         """Probe the upstream's readiness (and version); update ``mlmon_upstream_up``."""

@@ -66,6 +66,9 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 PENDING_LIMIT_BYTES = 1 << 20
 """Request bytes buffered while no upstream connection is attached; above it the
 client is paused (flow control), so memory stays bounded."""
+LINGER_SECONDS = 5.0
+"""How long the rest of a request body is read and dropped after an early answer
+(nginx's lingering_timeout)."""
 IDLE_KEEPALIVE_SECONDS = 4.0
 """Idle upstream connections older than this are closed rather than reused:
 below uvicorn's default 5 s keep-alive, so reuse rarely races the server's close."""
@@ -505,6 +508,18 @@ class DownstreamProtocol(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
+    def linger(self, seconds: float) -> None:
+        """Read and drop the rest of the current request, then close (at most ``seconds``)."""
+        while self._paused:
+            self.resume_reading()
+        self.proxy.loop.call_later(seconds, self.close)
+
+    def close(self) -> None:
+        """Close the connection once buffered writes are sent."""
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
     def exchange_done(self, ex: Exchange) -> None:
         """Called when ``ex`` is answered and its request fully read: next one, or close."""
         if self.current is not ex:
@@ -513,9 +528,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if self.closed:
             return
         if not ex.keep_alive:
-            if self.transport is not None:
-                self.transport.close()
-            self.closed = True
+            self.close()
             return
         if self.queue:
             nxt = self.queue.popleft()
@@ -960,8 +973,13 @@ class ProxyServer:
             self.observer.request_finished(ex)
         except Exception:
             log.exception("observer failed on request_finished")
-        if ex.req_done or ex.down.closed or not ex.keep_alive:
+        if ex.req_done or ex.down.closed:
             ex.down.exchange_done(ex)
+        elif not ex.keep_alive:
+            # Answered before the request body was read (413, 502, 504): keep reading
+            # and dropping it for a while, so the client, still sending, reads our
+            # answer instead of a connection reset (nginx's lingering close).
+            ex.down.linger(LINGER_SECONDS)
 
 
 _REASONS = {400: b"Bad Request", 413: b"Content Too Large", 501: b"Not Implemented",
