@@ -237,10 +237,14 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.received = True
         ex.last_activity = self.proxy.loop.time()
+        down = ex.down
+        down.cork()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.proxy.upstream_failed(ex, self, f"invalid response from upstream: {exc}")
+        finally:
+            down.uncork()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport
@@ -394,6 +398,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self.parsing: Exchange | None = None  # exchange whose request is being read
         self.queue: deque[Exchange] = deque()  # pipelined requests waiting their turn
         self.closed = False
+        self.deferred: list[Exchange] = []  # started while parsing; dispatched after
+        self._cork: list[bytes] | None = None
         self.last_activity = proxy.loop.time()
         self._paused = 0
         self._url = b""
@@ -427,6 +433,11 @@ class DownstreamProtocol(asyncio.Protocol):
                 self.pause_reading()
         except httptools.HttpParserError as exc:
             self.proxy.reject_local(self, self.parsing, 400, f"malformed HTTP request: {exc}")
+        finally:
+            if self.deferred:
+                for ex in self.deferred:
+                    self.proxy.dispatch(ex)
+                self.deferred.clear()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -476,7 +487,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.parsing = ex
         if self.current is None:
             self.current = ex
-            self.proxy.start(ex)
+            self.proxy.start(ex, defer=True)
         else:
             self.queue.append(ex)
             self.pause_reading()
@@ -505,8 +516,25 @@ class DownstreamProtocol(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
-        if not self.closed and self.transport is not None:
+        """Send ``data`` to the client (held back while corked)."""
+        if self.closed or self.transport is None:
+            return
+        if self._cork is not None:
+            self._cork.append(data)
+        else:
             self.transport.write(data)
+
+    def cork(self) -> None:
+        """Hold writes until :meth:`uncork`: one syscall for a response head and body."""
+        if self._cork is None:
+            self._cork = []
+
+    def uncork(self) -> None:
+        """Send what was held back since :meth:`cork`, in one write."""
+        held = self._cork
+        self._cork = None
+        if held and not self.closed and self.transport is not None:
+            self.transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def linger(self, seconds: float) -> None:
         """Read and drop the rest of the current request, then close (at most ``seconds``)."""
@@ -517,6 +545,7 @@ class DownstreamProtocol(asyncio.Protocol):
     def close(self) -> None:
         """Close the connection once buffered writes are sent."""
         if not self.closed and self.transport is not None:
+            self.uncork()
             self.closed = True
             self.transport.close()
 
@@ -589,9 +618,8 @@ class ProxyServer:
         now = self.loop.time()
         limit = self.client_idle_timeout
         for d in list(self.connections):
-            if d.current is None and now - d.last_activity > limit and d.transport is not None:
-                d.closed = True
-                d.transport.close()
+            if d.current is None and now - d.last_activity > limit:
+                d.close()
         self._sweeper = self.loop.call_later(min(1.0, limit / 4), self._sweep)
 
     @property
@@ -607,15 +635,19 @@ class ProxyServer:
         if self.server is not None:
             self.server.close()
         for d in list(self.connections):
-            if d.transport is not None:
-                d.transport.close()
+            d.close()
         self.pool.close_all()
         if self.server is not None:
             await self.server.wait_closed()
 
     # -- request side ----------------------------------------------------------
-    def start(self, ex: Exchange) -> None:
-        """Begin an exchange: instrument it, then attach or open an upstream connection."""
+    def start(self, ex: Exchange, defer: bool = False) -> None:
+        """Begin an exchange: instrument it, then attach or open an upstream connection.
+
+        With ``defer`` (called while the client's bytes are being parsed) the upstream
+        side starts when that batch of bytes is parsed, so the request head and the
+        body bytes that came with it leave in one write.
+        """
         ex.t_start = perf_counter()
         self.observer.request_started(ex)
         mrb = self.max_request_bytes
@@ -631,6 +663,15 @@ class ProxyServer:
         expect = ex.header(b"expect")
         if expect is not None and ex.http11 and expect.lower() == b"100-continue":
             ex.down.write(_CONTINUE)
+        if defer:
+            ex.down.deferred.append(ex)
+        else:
+            self.dispatch(ex)
+
+    def dispatch(self, ex: Exchange) -> None:
+        """Attach an idle upstream connection to ``ex``, or open one."""
+        if ex.finished or ex.local:
+            return
         conn = self.pool.acquire_idle()
         if conn is not None:
             self._attach(ex, conn)
@@ -656,14 +697,14 @@ class ProxyServer:
     def _attach(self, ex: Exchange, conn: UpstreamConnection) -> None:
         conn.exchange = ex
         ex.conn = conn
-        conn.write(self._request_head(ex))
         if ex.pending:
-            for part in ex.pending:
-                conn.write(part)
+            conn.write(b"".join([self._request_head(ex), *ex.pending]))
             if ex.pending_bytes > PENDING_LIMIT_BYTES:
                 ex.down.resume_reading()
             ex.pending = []
             ex.pending_bytes = 0
+        else:
+            conn.write(self._request_head(ex))
         now = self.loop.time()
         ex.last_activity = now
         ex.timer = self.loop.call_at(now + self.read_timeout, self._check_timeout, ex)
@@ -901,6 +942,7 @@ class ProxyServer:
     def _abort_client(self, ex: Exchange) -> None:
         d = ex.down
         ex.keep_alive = False
+        d._cork = None
         if not d.closed and d.transport is not None:
             d.closed = True
             d.transport.abort()
@@ -937,9 +979,7 @@ class ProxyServer:
             if down.current is None and not down.closed:
                 body = orjson.dumps({"error": why, "source": "monitor-sidecar"})
                 down.write(_local_response(status, body, keep_alive=False, http11=True))
-            if down.transport is not None:
-                down.transport.close()
-            down.closed = True
+            down.close()
             return
         ex.local = True
         ex.keep_alive = False
@@ -949,8 +989,8 @@ class ProxyServer:
         if down.current is ex:
             self._send_local(ex, status, why)
             self.finish(ex, c.OUTCOME_CLIENT_ERROR)
-        if down.transport is not None and down.current is None:
-            down.transport.close()
+        if down.current is None:
+            down.close()
 
     def _send_local(self, ex: Exchange, status: int, why: str) -> None:
         ex.status = status
