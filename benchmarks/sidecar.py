@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Sidecar benchmark: direct vs nginx vs ``monitor sidecar``, side by side in one run.
 
-Three targets answer the same V2 inference request from the same fast upstream
+Four targets answer the same V2 inference request from the same fast upstream
 (an nginx that returns a fixed V2 response; a tiny asyncio server when nginx is
 missing):
 
 * ``direct``:  the client talks to the upstream itself;
-* ``nginx``:   a plain nginx reverse proxy (1 worker, upstream keepalive);
+* ``nginx``:   nginx as a reverse proxy tuned for throughput (1 worker, upstream
+  keep-alive, HTTP/1.1 upstream);
+* ``nginx-stock``: nginx with a stock ``proxy_pass`` (1 worker; nginx's defaults:
+  HTTP/1.0 upstream, a new upstream connection per request);
 * ``sidecar``: ``monitor sidecar`` with metrics, feature coverage (30 features),
   capture (sample_rate 1.0, to a temp dir) and tracing on.
 
@@ -66,7 +69,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC_TEMPLATE = ROOT / "deploy" / "monitor.yaml"
 MODEL = "bc"
 INFER_PATH = f"/v2/models/{MODEL}/infer"
-TARGETS = ("direct", "nginx", "sidecar")
+TARGETS = ("direct", "nginx", "nginx-stock", "sidecar")
 
 # Limits of the issue (on a 2-core machine).
 MIN_THROUGHPUT_RATIO = 0.5  # sidecar req/s >= 0.5 x nginx's
@@ -299,23 +302,33 @@ def start_upstream_nginx(procs: Processes, nginx: str, tmp: Path, port: int) -> 
     return proc
 
 
-def start_proxy_nginx(procs: Processes, nginx: str, tmp: Path, port: int, upstream: int) -> Proc:
+def start_proxy_nginx(
+    procs: Processes, nginx: str, tmp: Path, port: int, upstream: int, keepalive: bool = True
+) -> Proc:
+    """nginx as a reverse proxy. ``keepalive``: tuned, with upstream keep-alive
+    connections; otherwise stock ``proxy_pass`` (HTTP/1.0, a new upstream connection
+    per request, nginx's default)."""
     upstream_block = f"""    upstream model {{
         server 127.0.0.1:{upstream};
-        keepalive 64;
-        keepalive_requests 1000000;
+        {"keepalive 64;" if keepalive else ""}
+        {"keepalive_requests 1000000;" if keepalive else ""}
     }}"""
+    tuning = (
+        """            proxy_http_version 1.1;
+            proxy_set_header Connection "";"""
+        if keepalive
+        else ""
+    )
     server = f"""    server {{
         listen 127.0.0.1:{port};
         location / {{
             proxy_pass http://model;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
+{tuning}
         }}
     }}"""
-    prefix = tmp / "proxy"
+    prefix = tmp / ("proxy" if keepalive else "proxy-stock")
     conf = _nginx_conf(prefix, server, http_extra=upstream_block)
-    proc = start_nginx(procs, nginx, "nginx-proxy", prefix, conf)
+    proc = start_nginx(procs, nginx, "nginx-proxy" if keepalive else "nginx-stock", prefix, conf)
     wait_http(procs, proc, port, "/v2/health/ready")
     return proc
 
@@ -701,10 +714,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             start_upstream_asyncio(procs, up_port)
             results["upstream"] = "asyncio server (nginx not installed)"
-        ports: dict[str, int | None] = {"direct": up_port, "nginx": None}
+        ports: dict[str, int | None] = {"direct": up_port, "nginx": None, "nginx-stock": None}
         if nginx:
             ports["nginx"] = proxy_port = free_port()
             start_proxy_nginx(procs, nginx, tmp, proxy_port, up_port)
+            ports["nginx-stock"] = stock_port = free_port()
+            start_proxy_nginx(procs, nginx, tmp, stock_port, up_port, keepalive=False)
         ports["sidecar"] = sidecar_port = free_port()
         metrics_port = free_port()
         sidecar = start_sidecar(procs, write_spec(tmp, up_port), sidecar_port, metrics_port)
@@ -737,7 +752,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if label != "warm-up":
                         results["targets"][t]["wrk"].append(res)
                     print(
-                        f"  wrk {label:8} {t:8} {res['rps']:9.0f} req/s  errors {res['errors']}",
+                        f"  wrk {label:8} {t:11} {res['rps']:9.0f} req/s  errors {res['errors']}",
                         flush=True,
                     )
 
@@ -763,7 +778,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if label != "warm-up":
                     new = sorted(into.latencies_ms[before:])
                     print(
-                        f"  {args.rate:g}/s {label:8} {t:8} p50 {percentile(new, 50):6.3f} ms  "
+                        f"  {args.rate:g}/s {label:8} {t:11} p50 {percentile(new, 50):6.3f} ms  "
                         f"p99 {percentile(new, 99):6.3f} ms",
                         flush=True,
                     )
@@ -858,6 +873,15 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         f">= {MIN_THROUGHPUT_RATIO}",
         None if r_n is None else r_n >= MIN_THROUGHPUT_RATIO,
     )
+    st = best("nginx-stock")
+    r_st = s / st if s and st else None
+    add(
+        "throughput sidecar / nginx-stock",
+        r_st,
+        "x",
+        f">= {MIN_THROUGHPUT_RATIO}",
+        None if r_st is None else r_st >= MIN_THROUGHPUT_RATIO,
+    )
     add("throughput sidecar / direct", r_d, "x", "(info)", None)
     rate = results["settings"]["rate"]
     for p, limit in (("p50", MAX_ADDED_P50_MS), ("p99", MAX_ADDED_P99_MS)):
@@ -921,8 +945,8 @@ def report(results: dict[str, Any]) -> str:
     out += [hdr, "-" * len(hdr)]
     for t in TARGETS:
         runs, lat = tg[t]["wrk"], tg[t]["latency"]
-        if t == "nginx" and results["environment"]["nginx"] == "not installed":
-            out.append(f"{t:8} not installed")
+        if t.startswith("nginx") and results["environment"]["nginx"] == "not installed":
+            out.append(f"{t:11} not installed")
             continue
         best = max((r["rps"] for r in runs), default=None)
         rr = "/".join(f"{r['rps']:.0f}" for r in runs) or "-"
@@ -932,7 +956,7 @@ def report(results: dict[str, Any]) -> str:
             for p in ("p50", "p99")
         }
         out.append(
-            f"{t:8} {_f(best, '10.0f')} {rr:>15} {_f(lat.get('p50_ms'), '7.3f')} "
+            f"{t:11} {_f(best, '10.0f')} {rr:>15} {_f(lat.get('p50_ms'), '7.3f')} "
             f"{_f(lat.get('p90_ms'), '7.3f')} {_f(lat.get('p99_ms'), '7.3f')} "
             f"{_f(lat.get('p99.9_ms'), '7.3f')} {_f(added['p50'], '8.3f')} "
             f"{_f(added['p99'], '8.3f')} {errors:6d}"
