@@ -45,7 +45,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import chain
 from pathlib import Path
@@ -168,11 +168,11 @@ def _to_str(v: Any) -> str | None:
     return category_key(v)
 
 
-def _floats(values: list[Any]) -> list[float | None]:
+def _floats(values: Sequence[Any]) -> list[float | None]:
     return [v if type(v) is float else _to_float(v) for v in values]
 
 
-def _strings(values: list[Any]) -> list[str | None]:
+def _strings(values: Sequence[Any]) -> list[str | None]:
     return [v if type(v) is str else _to_str(v) for v in values]
 
 
@@ -187,10 +187,17 @@ def _gather(parts: list[list[Any] | None], counts: list[int], single: bool) -> l
     )
 
 
-def _column(values: list[Any], numeric: bool) -> pa.Array:
+def _column(values: Sequence[Any], numeric: bool) -> pa.Array:
     if numeric:
         return pa.array(_floats(values), pa.float64())
     return pa.array(_strings(values), pa.string())
+
+
+class _Records(list):
+    """An item's rows in row-major form (``Rows.records``): one list per row, one
+    value per spec feature in spec order."""
+
+    __slots__ = ()
 
 
 def _prefix(col: list[Any], k: int) -> list[Any]:
@@ -281,6 +288,8 @@ class CaptureWriter:
         self._schema = capture_schema(model)
         captured = [f for f in model.features if not f.pii]
         self._names = tuple(f.name for f in captured)
+        # Positions of the captured features in a record (spec order, pii included).
+        self._record_idx = tuple(i for i, f in enumerate(model.features) if not f.pii)
         self._numeric = tuple(f.type == "numerical" for f in captured)
         first = model.outputs[0] if model.outputs else None
         self._output = None if first is None or first.name == "*" else first.name
@@ -404,6 +413,19 @@ class CaptureWriter:
         idx: list[int] | None,
     ) -> _Item:
         n = rows.n
+        records = rows.records
+        if records is not None:  # row-major (V2 tensors): keep a reference, transpose later
+            if idx is not None:
+                records = [records[i] for i in idx]
+            elif take < n:
+                records = records[:take]
+            return (
+                ts,
+                str(request_id),
+                take,
+                _Records(records),
+                self._prediction_rows(predictions, take, idx, n),
+            )
         columns = rows.columns
         cols: list[list[Any] | None] = []
         for name in self._names:
@@ -416,15 +438,21 @@ class CaptureWriter:
                 cols.append(col)  # by reference: no copy on the common path
             else:
                 cols.append(_prefix(col, take))
+        pred = self._prediction_rows(predictions, take, idx, n)
+        if type(request_id) is not str:
+            request_id = str(request_id)
+        return (ts, request_id, take, cols, pred)
+
+    def _prediction_rows(
+        self, predictions: Predictions | None, take: int, idx: list[int] | None, n: int
+    ) -> list[Any] | None:
         pred = self._prediction_column(predictions)
         if pred is not None:
             if idx is not None:
                 pred = _pick(pred, idx, n)
             elif len(pred) != take:
                 pred = _prefix(pred, take)
-        if type(request_id) is not str:
-            request_id = str(request_id)
-        return (ts, request_id, take, cols, pred)
+        return pred
 
     def _log_submit_error(self) -> None:
         now = time.monotonic()
@@ -602,14 +630,34 @@ class CaptureWriter:
                 ts_us += [round(ts * 1e6)] * k
                 rids += [rid] * k
         arrays = [pa.array(ts_us, _TIMESTAMP_TYPE), pa.array(rids, pa.string())]
-        # Feature-major: one pass per feature over the requests (cheaper than zip(*items)).
         features = [item[3] for item in segment]
-        for j, numeric in enumerate(self._numeric):
-            parts = [cols[j] for cols in features]
-            arrays.append(_column(_gather(parts, counts, single), numeric))
+        if all(type(cols) is _Records for cols in features):
+            # Row-major items: one C-level transpose of every record in the segment.
+            records = [r for recs in features for r in recs]
+            if records:
+                transposed = list(zip(*records, strict=True))
+                for j, numeric in zip(self._record_idx, self._numeric, strict=True):
+                    arrays.append(_column(transposed[j], numeric))
+            else:
+                arrays += [_column([], numeric) for numeric in self._numeric]
+        else:
+            # Feature-major: one pass per feature over the requests.
+            features = [self._as_columns(cols) for cols in features]
+            for j, numeric in enumerate(self._numeric):
+                parts = [cols[j] for cols in features]
+                arrays.append(_column(_gather(parts, counts, single), numeric))
         preds = _gather([item[4] for item in segment], counts, single)
         arrays.append(_column(preds, self._pred_numeric))
         return pa.RecordBatch.from_arrays(arrays, schema=self._schema), ts_us
+
+    def _as_columns(self, cols: Any) -> list[list[Any] | None]:
+        """An item's features in column form (records are transposed)."""
+        if type(cols) is not _Records:
+            return cols
+        if not cols:
+            return [[] for _ in self._record_idx]
+        transposed = list(zip(*cols, strict=True))
+        return [list(transposed[j]) for j in self._record_idx]
 
     def _commit(self) -> None:
         """Write the buffer to a new file atomically, then apply retention."""

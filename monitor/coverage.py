@@ -26,7 +26,7 @@ per value.
 
 from __future__ import annotations
 
-import math
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,12 +40,17 @@ STATE_INDEX = {s: i for i, s in enumerate(c.FEATURE_STATES)}
 """State name -> index into a feature's count vector."""
 
 _PRESENT, _MISSING, _NULL, _WRONG, _RANGE, _UNSEEN = range(6)
-_INF = math.inf
+_MAX = sys.float_info.max
+
+
+def _bounds(lo: float | None, hi: float | None) -> tuple[float, float]:
+    # Unbounded sides become the largest finite float: one chained comparison then
+    # also sends +/-Infinity to out_of_range.
+    return (-_MAX if lo is None else lo), (_MAX if hi is None else hi)
 
 
 def _numerical(lo: float | None, hi: float | None) -> Callable[[Sequence[Any], list[int]], None]:
-    lo_ = -_INF if lo is None else lo
-    hi_ = _INF if hi is None else hi
+    lo_, hi_ = _bounds(lo, hi)
 
     def classify(values: Sequence[Any], counts: list[int]) -> None:
         for v in values:
@@ -53,7 +58,7 @@ def _numerical(lo: float | None, hi: float | None) -> Callable[[Sequence[Any], l
             if t is float or t is int:
                 if v != v:  # NaN
                     counts[_NULL] += 1
-                elif lo_ <= v <= hi_ and v != _INF and v != -_INF:
+                elif lo_ <= v <= hi_:
                     counts[_PRESENT] += 1
                 else:
                     counts[_RANGE] += 1
@@ -121,6 +126,16 @@ class CoverageEvaluator:
             _numerical(f.min, f.max) if f.type == "numerical" else _categorical(f.categories)
             for f in self.features
         ]
+        # Per feature, for the row-major path: (numerical?, lo, hi, known categories, counts).
+        self._specs = [
+            (
+                f.type == "numerical",
+                *_bounds(f.min, f.max),
+                None if f.categories is None else frozenset(category_key(x) for x in f.categories),
+                counts,
+            )
+            for f, counts in zip(self.features, self.counts, strict=True)
+        ]
 
     def evaluate(self, rows: Rows) -> None:
         """Add one state per (row, feature) of ``rows`` to :attr:`counts`.
@@ -131,6 +146,9 @@ class CoverageEvaluator:
         n = rows.n
         if n <= 0:
             return
+        if rows.records is not None:
+            self._evaluate_records(rows.records)
+            return
         columns = rows.columns
         for f, classify, counts in zip(self.features, self._classifiers, self.counts, strict=True):
             col = columns.get(f.name)
@@ -140,6 +158,41 @@ class CoverageEvaluator:
             classify(col, counts)
             if len(col) < n:
                 counts[_MISSING] += n - len(col)
+
+    def _evaluate_records(self, records: list[list[Any]]) -> None:
+        """Row-major twin of the column loop (same states): one pass per record, no
+        call per feature. Records hold one value per spec feature, in spec order."""
+        specs = self._specs
+        for rec in records:
+            for v, (numerical, lo, hi, known, counts) in zip(rec, specs, strict=False):
+                t = type(v)
+                if numerical:
+                    if t is float or t is int:
+                        if v != v:
+                            counts[_NULL] += 1
+                        elif lo <= v <= hi:
+                            counts[_PRESENT] += 1
+                        else:
+                            counts[_RANGE] += 1
+                    elif v is None:
+                        counts[_NULL] += 1
+                    elif v is MISSING:
+                        counts[_MISSING] += 1
+                    else:
+                        counts[_WRONG] += 1
+                elif t is str or t is int or t is bool or t is float:
+                    if t is float and v != v:
+                        counts[_NULL] += 1
+                    elif known is None or category_key(v) in known:
+                        counts[_PRESENT] += 1
+                    else:
+                        counts[_UNSEEN] += 1
+                elif v is None:
+                    counts[_NULL] += 1
+                elif v is MISSING:
+                    counts[_MISSING] += 1
+                else:
+                    counts[_WRONG] += 1
 
     def state_count(self, feature: str, state: str) -> int:
         """Return the count so far of ``state`` for ``feature`` (for tests and reports).

@@ -391,16 +391,19 @@ class Adapter:
         """``n`` rows of ``k`` values, row-major in ``flat``; column ``j`` is feature ``j``."""
         feats = self._features
         nf = len(feats)
-        cols: dict[str, list[Any]]
-        if n == 1:  # the common single-row request: one list per value beats slicing
-            cols = {f: [v] for f, v in zip(feats, flat, strict=False)}
+        if not nf:
+            return Rows(n, {}, 0)
+        # Row-major records, one value per spec feature: coverage and capture read
+        # them as they are, and the common [1, k] request costs no copy at all.
+        records: list[list[Any]]
+        if k == nf:
+            records = [flat] if n == 1 else [flat[i * k : i * k + k] for i in range(n)]
+        elif k > nf:
+            records = [flat[i * k : i * k + nf] for i in range(n)]
         else:
-            cols = {}
-            for j in range(min(k, nf)):
-                cols[feats[j]] = flat[j::k]
-        for j in range(k, nf):
-            cols[feats[j]] = [MISSING] * n
-        return Rows(n, cols, n * (k - nf) if k > nf else 0)
+            pad = [MISSING] * (nf - k)
+            records = [flat[i * k : i * k + k] + pad for i in range(n)]
+        return Rows(n, None, n * (k - nf) if k > nf else 0, records=records, names=feats)
 
     def _records(self, rows: list[Any], unwrap: bool) -> Rows:
         """Rows as a list of records: dict -> named, list -> positional, scalar -> a

@@ -70,12 +70,15 @@ ANYCAT = FeatureSpec(name="x", type="categorical")
 def test_each_value_lands_in_exactly_one_state(
     feature: FeatureSpec, value: object, state: str
 ) -> None:
-    ev = CoverageEvaluator([feature])
-    ev.evaluate(Rows(n=1, columns={"x": [value]}))
+    by_column = CoverageEvaluator([feature])
+    by_column.evaluate(Rows(n=1, columns={"x": [value]}))
+    by_record = CoverageEvaluator([feature])  # the row-major path (V2 tensors) must agree
+    by_record.evaluate(Rows(1, records=[[value]], names=["x"]))
+    assert by_record.counts == by_column.counts
     counts = dict(
         zip(
             ("present", "missing", "null", "wrong_type", "out_of_range", "unseen_category"),
-            ev.counts[0],
+            by_column.counts[0],
             strict=True,
         )
     )
