@@ -59,6 +59,8 @@ HOP_BY_HOP = frozenset(
 )
 _STRIP_REQUEST = HOP_BY_HOP | {b"expect"}
 _TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
+_NOTED = frozenset({b"expect", b"traceparent", b"tracestate", b"x-request-id", b"idempotency-key"})
+"""Request headers the proxy and its observer look at, kept in ``Exchange.noted``."""
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
@@ -111,6 +113,7 @@ class Exchange:
         "local",
         "method",
         "model_label",
+        "noted",
         "out_mode",
         "outcome",
         "pending",
@@ -133,7 +136,6 @@ class Exchange:
         "t_first",
         "t_head",
         "t_start",
-        "timer",
         "trace_header",
         "truncated",
         "url",
@@ -149,6 +151,7 @@ class Exchange:
         self.req_chunked = False
         self.content_length: int | None = None
         self.content_type: bytes | None = None
+        self.noted: dict[bytes, bytes] = {}
         self.req_done = False
         self.body_parts: list[bytes] = []
         self.body_size = 0
@@ -177,7 +180,6 @@ class Exchange:
         self.t_first = 0.0
         self.t_end = 0.0
         self.last_activity = 0.0
-        self.timer: asyncio.TimerHandle | None = None
         self.route = c.ROUTE_UNMATCHED
         self.model_label = ""
         self.inference = False
@@ -193,7 +195,10 @@ class Exchange:
         return (url if q < 0 else url[:q]).decode("latin-1")
 
     def header(self, name: bytes) -> bytes | None:
-        """First request header named ``name`` (lower-case bytes), or None."""
+        """Request header named ``name`` (lower-case bytes), or None; the last one
+        for the headers the proxy notes while parsing, else the first."""
+        if name in _NOTED:
+            return self.noted.get(name)
         for k, v in self.headers:
             if k.lower() == name:
                 return v
@@ -484,6 +489,8 @@ class DownstreamProtocol(asyncio.Protocol):
                 ex.req_chunked = b"chunked" in value.lower()
             elif n == b"content-type":
                 ex.content_type = value
+            elif n in _NOTED:  # read once here, not by later scans of the header list
+                ex.noted[n] = value
         self.parsing = ex
         if self.current is None:
             self.current = ex
@@ -614,13 +621,24 @@ class ProxyServer:
         return self.server
 
     def _sweep(self) -> None:
-        """Close idle client connections; runs every ``min(1, timeout / 4)`` seconds."""
+        """Time out silent upstreams and close idle clients.
+
+        One periodic pass instead of a timer per request (a timer costs a heap push
+        and a cancel on every request); it runs every quarter of the shorter
+        timeout, at most every second, so a timeout fires within 25 % (or 1 s) of
+        its value.
+        """
         now = self.loop.time()
-        limit = self.client_idle_timeout
+        idle = self.client_idle_timeout
+        read = self.read_timeout
         for d in list(self.connections):
-            if d.current is None and now - d.last_activity > limit:
-                d.close()
-        self._sweeper = self.loop.call_later(min(1.0, limit / 4), self._sweep)
+            ex = d.current
+            if ex is None:
+                if now - d.last_activity > idle:
+                    d.close()
+            elif ex.conn is not None and not ex.finished and now - ex.last_activity > read:
+                self._timed_out(ex)
+        self._sweeper = self.loop.call_later(min(1.0, idle / 4, read / 4), self._sweep)
 
     @property
     def port(self) -> int:
@@ -705,9 +723,7 @@ class ProxyServer:
             ex.pending_bytes = 0
         else:
             conn.write(self._request_head(ex))
-        now = self.loop.time()
-        ex.last_activity = now
-        ex.timer = self.loop.call_at(now + self.read_timeout, self._check_timeout, ex)
+        ex.last_activity = self.loop.time()  # the sweep times out a silent upstream
 
     def _request_head(self, ex: Exchange) -> bytes:
         parts = [ex.method, b" ", ex.url, b" HTTP/1.1\r\n"]
@@ -883,8 +899,6 @@ class ProxyServer:
             # on a fresh connection (the request body is fully held in memory).
             ex.retried = True
             ex.conn = None
-            if ex.timer is not None:
-                ex.timer.cancel()
             ex.pending = self._replay_body(ex)
             ex.pending_bytes = 0
             self.loop.create_task(self._connect(ex))
@@ -901,14 +915,8 @@ class ProxyServer:
         else:
             self.fail(ex, 502, c.OUTCOME_UNREACHABLE, why)
 
-    def _check_timeout(self, ex: Exchange) -> None:
-        if ex.finished:
-            return
-        now = self.loop.time()
-        due = ex.last_activity + self.read_timeout
-        if now < due:
-            ex.timer = self.loop.call_at(due, self._check_timeout, ex)
-            return
+    def _timed_out(self, ex: Exchange) -> None:
+        """``ex``'s upstream was silent for ``read_timeout``: 504, or cut the stream."""
         conn = ex.conn
         if conn is not None:
             conn.close()
@@ -1005,9 +1013,6 @@ class ProxyServer:
             return
         ex.finished = True
         ex.t_end = perf_counter()
-        if ex.timer is not None:
-            ex.timer.cancel()
-            ex.timer = None
         ex.outcome = c.outcome_for_status(ex.status) if outcome is None else outcome
         try:
             self.observer.request_finished(ex)
