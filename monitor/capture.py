@@ -187,10 +187,17 @@ def _gather(parts: list[list[Any] | None], counts: list[int], single: bool) -> l
     )
 
 
+_FLOAT_ONLY = frozenset({float})
+_STR_ONLY = frozenset({str})
+
+
 def _column(values: Sequence[Any], numeric: bool) -> pa.Array:
+    # Fast path: a column of only floats (or only strings) needs no per-value
+    # conversion; the type check runs in C (map + set).
+    kinds = set(map(type, values))
     if numeric:
-        return pa.array(_floats(values), pa.float64())
-    return pa.array(_strings(values), pa.string())
+        return pa.array(values if kinds <= _FLOAT_ONLY else _floats(values), pa.float64())
+    return pa.array(values if kinds <= _STR_ONLY else _strings(values), pa.string())
 
 
 class _Records(list):

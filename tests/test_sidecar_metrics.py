@@ -97,3 +97,30 @@ def test_outcomes_follow_the_status_class() -> None:
         "server_error",
         "server_error",
     ]
+
+
+def test_the_duration_histogram_buckets_are_cumulative_inclusive_and_end_at_count() -> None:
+    m, reg = make(latency_buckets=[0.001, 0.01])
+    for seconds in (0.0005, 0.001, 0.005, 100.0):
+        m.observe_request("m", "/r", 200, "ok", seconds, {"trace_id": "ab" * 16})
+    labels = {"model": "m", "version": "unknown", "route": "/r", "outcome": "ok"}
+    bucket = {
+        le: reg.get_sample_value("mlmon_request_duration_seconds_bucket", {**labels, "le": le})
+        for le in ("0.001", "0.01", "+Inf")
+    }
+    assert bucket == {"0.001": 2, "0.01": 3, "+Inf": 4}  # le is inclusive: 0.001 lands in 0.001
+    assert reg.get_sample_value("mlmon_request_duration_seconds_count", labels) == 4
+    assert (
+        reg.get_sample_value("mlmon_request_duration_seconds_sum", labels)
+        == 0.0005 + 0.001 + 0.005 + 100
+    )
+
+
+def test_exemplars_carry_the_trace_id_in_openmetrics() -> None:
+    from prometheus_client.openmetrics.exposition import generate_latest
+
+    m, reg = make(latency_buckets=[0.1])
+    m.observe_request("m", "/r", 200, "ok", 0.05, {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"})
+    text = generate_latest(reg).decode()
+    line = next(ln for ln in text.splitlines() if 'le="0.1"' in ln)
+    assert '# {trace_id="4bf92f3577b34da6a3ce929d0e0e4736"} 0.05' in line

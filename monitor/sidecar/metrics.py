@@ -14,12 +14,16 @@ spec, route templates from the protocol adapter, outcomes and states from
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
+from prometheus_client.utils import floatToGoString
 
 from monitor import conventions as c
 from monitor.coverage import CoverageEvaluator, category_key
@@ -50,6 +54,84 @@ class _CoverageCollector(Collector):
         yield fam
 
 
+class _Latency:
+    """One label set of the duration histogram: per-bucket counts (not cumulative),
+    the sum, and the last exemplar per bucket."""
+
+    __slots__ = ("counts", "exemplars", "sum")
+
+    def __init__(self, n: int) -> None:
+        self.counts = [0] * n
+        self.exemplars: list[Exemplar | None] = [None] * n
+        self.sum = 0.0
+
+
+class _RequestCollector(Collector):
+    """``mlmon_requests_total`` and ``mlmon_request_duration_seconds``: the two series
+    touched by every request, kept in plain ints and floats.
+
+    prometheus_client's children take a lock and validate the exemplar on every
+    call (about 3 us per request for these two); the sidecar updates them from
+    its one event-loop thread, and a scrape runs on that same thread, so no lock
+    is needed. The exposition is the same: a counter, and a histogram whose
+    buckets end with ``+Inf`` equal to ``_count``, with trace-id exemplars
+    (shown in OpenMetrics only).
+    """
+
+    def __init__(self, buckets: list[float]) -> None:
+        self.bounds = list(buckets)
+        self._les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        self.requests: dict[tuple[str, str, str, int, str], int] = {}
+        self.latency: dict[tuple[str, str, str, str], _Latency] = {}
+
+    def observe(
+        self,
+        model: str,
+        version: str,
+        route: str,
+        status: int,
+        outcome: str,
+        seconds: float,
+        exemplar: dict[str, str] | None,
+    ) -> None:
+        """Count one request and observe its duration (seconds)."""
+        key = (model, version, route, status, outcome)
+        reqs = self.requests
+        reqs[key] = reqs.get(key, 0) + 1
+        hkey = (model, version, route, outcome)
+        h = self.latency.get(hkey)
+        if h is None:
+            h = self.latency[hkey] = _Latency(len(self.bounds) + 1)
+        i = bisect_left(self.bounds, seconds)  # first bucket with seconds <= le
+        h.counts[i] += 1
+        h.sum += seconds
+        if exemplar is not None:
+            h.exemplars[i] = Exemplar(exemplar, seconds, time.time())
+
+    def collect(self) -> Iterable[CounterMetricFamily | HistogramMetricFamily]:
+        counter = CounterMetricFamily(
+            c.REQUESTS_TOTAL,
+            "Requests proxied to the model server, by route template, status code and outcome.",
+            labels=[c.LABEL_MODEL, c.LABEL_VERSION, c.LABEL_ROUTE, c.LABEL_CODE, c.LABEL_OUTCOME],
+        )
+        for (model, version, route, status, outcome), n in sorted(self.requests.items()):
+            counter.add_metric([model, version, route, str(status), outcome], n)
+        yield counter
+        hist = HistogramMetricFamily(
+            c.REQUEST_DURATION_SECONDS,
+            "Time from the request head to the last response byte, in seconds.",
+            labels=[c.LABEL_MODEL, c.LABEL_VERSION, c.LABEL_ROUTE, c.LABEL_OUTCOME],
+        )
+        for labels, h in sorted(self.latency.items()):
+            acc = 0
+            buckets: list[Any] = []
+            for le, n, ex in zip(self._les, h.counts, h.exemplars, strict=True):
+                acc += n
+                buckets.append((le, acc, ex) if ex is not None else (le, acc))
+            hist.add_metric(list(labels), buckets, h.sum)
+        yield hist
+
+
 class SidecarMetrics:
     """All metrics of one sidecar (one model).
 
@@ -64,19 +146,8 @@ class SidecarMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         L = c  # noqa: N806 - short alias for label constants
-        self.requests = Counter(
-            c.REQUESTS_TOTAL,
-            "Requests proxied to the model server, by route template, status code and outcome.",
-            [L.LABEL_MODEL, L.LABEL_VERSION, L.LABEL_ROUTE, L.LABEL_CODE, L.LABEL_OUTCOME],
-            registry=r,
-        )
-        self.duration = Histogram(
-            c.REQUEST_DURATION_SECONDS,
-            "Time from the request head to the last response byte, in seconds.",
-            [L.LABEL_MODEL, L.LABEL_VERSION, L.LABEL_ROUTE, L.LABEL_OUTCOME],
-            buckets=model.latency_buckets,
-            registry=r,
-        )
+        self.red = _RequestCollector(model.latency_buckets)
+        r.register(self.red)
         self.ttfb = Histogram(
             c.TIME_TO_FIRST_BYTE_SECONDS,
             "Streamed responses: time from the request head to the first body bytes, in seconds.",
@@ -189,7 +260,6 @@ class SidecarMetrics:
         self._classes = {
             o.name: {category_key(x): str(x) for x in o.classes or ()} for o in model.outputs
         }
-        self._req_children: dict[tuple[str, str, str, int, str], Any] = {}
         self._dur_children: dict[tuple[str, str, str], Any] = {}
         self._ttfb_children: dict[tuple[str, str, str], Any] = {}
         self._pred_children: dict[tuple[str, str], Any] = {}
@@ -224,19 +294,15 @@ class SidecarMetrics:
         exemplar: dict[str, str] | None,
     ) -> None:
         """Count one finished request and observe its duration (seconds)."""
-        version = self.version if model == self.name else ""
-        key = (model, version, route, status, outcome)
-        child = self._req_children.get(key)
-        if child is None:
-            child = self._req_children[key] = (
-                self.requests.labels(model, version, route, str(status), outcome),
-                self.duration.labels(model, version, route, outcome),
-            )
-        child[0].inc()
-        if exemplar is not None:
-            child[1].observe(duration, exemplar)
-        else:
-            child[1].observe(duration)
+        self.red.observe(
+            model,
+            self.version if model == self.name else "",
+            route,
+            status,
+            outcome,
+            duration,
+            exemplar,
+        )
 
     def observe_ttfb(self, model: str, route: str, seconds: float) -> None:
         """Observe the time to the response head of a streamed response (seconds)."""
