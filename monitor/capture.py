@@ -702,6 +702,9 @@ class CaptureWriter:
         self._files_written += 1
         self._m_rows.inc(rows)
         self._m_files.inc()
+        # Hand the file's buffers back to the OS: Arrow's allocator keeps freed
+        # memory for reuse, which shows as sidecar RSS between files.
+        pa.default_memory_pool().release_unused()
         self._retire()
 
     def _next_path(self, first_us: int) -> Path:
