@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
@@ -54,82 +54,107 @@ class _CoverageCollector(Collector):
         yield fam
 
 
-class _Latency:
-    """One label set of the duration histogram: per-bucket counts (not cumulative),
-    the sum, and the last exemplar per bucket."""
+class _Series:
+    """One label set of a histogram: per-bucket counts (not cumulative), the sum,
+    and the last exemplar per bucket."""
 
-    __slots__ = ("counts", "exemplars", "sum")
+    __slots__ = ("bounds", "counts", "exemplars", "sum")
 
-    def __init__(self, n: int) -> None:
-        self.counts = [0] * n
-        self.exemplars: list[Exemplar | None] = [None] * n
+    def __init__(self, bounds: list[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.exemplars: list[Exemplar | None] = [None] * (len(bounds) + 1)
         self.sum = 0.0
 
+    def observe(self, value: float, exemplar: dict[str, str] | None = None) -> None:
+        """Observe ``value`` (le is inclusive: a value equal to a bound lands in it)."""
+        i = bisect_left(self.bounds, value)
+        self.counts[i] += 1
+        self.sum += value
+        if exemplar is not None:
+            self.exemplars[i] = Exemplar(exemplar, value, time.time())
 
-class _RequestCollector(Collector):
-    """``mlmon_requests_total`` and ``mlmon_request_duration_seconds``: the two series
-    touched by every request, kept in plain ints and floats.
 
-    prometheus_client's children take a lock and validate the exemplar on every
-    call (about 3 us per request for these two); the sidecar updates them from
-    its one event-loop thread, and a scrape runs on that same thread, so no lock
-    is needed. The exposition is the same: a counter, and a histogram whose
-    buckets end with ``+Inf`` equal to ``_count``, with trace-id exemplars
-    (shown in OpenMetrics only).
+class _FastHistogram(Collector):
+    """A histogram kept in plain ints and floats, for series every request touches.
+
+    prometheus_client's children take a lock and validate exemplars on every
+    call (about 1-1.5 us each); the sidecar updates these from its one
+    event-loop thread, and a scrape runs on that same thread, so no lock is
+    needed. The exposition is a standard histogram: cumulative buckets ending
+    with ``+Inf`` equal to ``_count``, exemplars in OpenMetrics.
     """
 
-    def __init__(self, buckets: list[float]) -> None:
-        self.bounds = list(buckets)
-        self._les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
-        self.requests: dict[tuple[str, str, str, int, str], int] = {}
-        self.latency: dict[tuple[str, str, str, str], _Latency] = {}
-
-    def observe(
-        self,
-        model: str,
-        version: str,
-        route: str,
-        status: int,
-        outcome: str,
-        seconds: float,
-        exemplar: dict[str, str] | None,
+    def __init__(
+        self, name: str, documentation: str, labels: list[str], buckets: Sequence[float]
     ) -> None:
-        """Count one request and observe its duration (seconds)."""
-        key = (model, version, route, status, outcome)
-        reqs = self.requests
-        reqs[key] = reqs.get(key, 0) + 1
-        hkey = (model, version, route, outcome)
-        h = self.latency.get(hkey)
-        if h is None:
-            h = self.latency[hkey] = _Latency(len(self.bounds) + 1)
-        i = bisect_left(self.bounds, seconds)  # first bucket with seconds <= le
-        h.counts[i] += 1
-        h.sum += seconds
-        if exemplar is not None:
-            h.exemplars[i] = Exemplar(exemplar, seconds, time.time())
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.bounds = [float(b) for b in buckets]
+        self._les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        self.series: dict[tuple[str, ...], _Series] = {}
 
-    def collect(self) -> Iterable[CounterMetricFamily | HistogramMetricFamily]:
-        counter = CounterMetricFamily(
+    def child(self, *labels: str) -> _Series:
+        """The series of one label set (created on first use)."""
+        s = self.series.get(labels)
+        if s is None:
+            s = self.series[labels] = _Series(self.bounds)
+        return s
+
+    def collect(self) -> Iterable[HistogramMetricFamily]:
+        fam = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        for labels, s in sorted(self.series.items()):
+            acc = 0
+            buckets: list[Any] = []
+            for le, n, ex in zip(self._les, s.counts, s.exemplars, strict=True):
+                acc += n
+                buckets.append((le, acc, ex) if ex is not None else (le, acc))
+            fam.add_metric(list(labels), buckets, s.sum)
+        yield fam
+
+
+class _Requests(Collector):
+    """``mlmon_requests_total`` in a plain dict (see :class:`_FastHistogram` for why)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str, int, str], int] = {}
+
+    def inc(self, key: tuple[str, str, str, int, str]) -> None:
+        """Count one request of ``(model, version, route, status, outcome)``."""
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        fam = CounterMetricFamily(
             c.REQUESTS_TOTAL,
             "Requests proxied to the model server, by route template, status code and outcome.",
             labels=[c.LABEL_MODEL, c.LABEL_VERSION, c.LABEL_ROUTE, c.LABEL_CODE, c.LABEL_OUTCOME],
         )
-        for (model, version, route, status, outcome), n in sorted(self.requests.items()):
-            counter.add_metric([model, version, route, str(status), outcome], n)
-        yield counter
-        hist = HistogramMetricFamily(
-            c.REQUEST_DURATION_SECONDS,
-            "Time from the request head to the last response byte, in seconds.",
-            labels=[c.LABEL_MODEL, c.LABEL_VERSION, c.LABEL_ROUTE, c.LABEL_OUTCOME],
+        for (model, version, route, status, outcome), n in sorted(self.counts.items()):
+            fam.add_metric([model, version, route, str(status), outcome], n)
+        yield fam
+
+
+class _InFlight(Collector):
+    """``mlmon_inflight_requests{model}`` as a plain int."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+    def dec(self) -> None:
+        self.value -= 1
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        fam = GaugeMetricFamily(
+            c.INFLIGHT_REQUESTS, "Requests being proxied now.", labels=[c.LABEL_MODEL]
         )
-        for labels, h in sorted(self.latency.items()):
-            acc = 0
-            buckets: list[Any] = []
-            for le, n, ex in zip(self._les, h.counts, h.exemplars, strict=True):
-                acc += n
-                buckets.append((le, acc, ex) if ex is not None else (le, acc))
-            hist.add_metric(list(labels), buckets, h.sum)
-        yield hist
+        fam.add_metric([self.model], self.value)
+        yield fam
 
 
 class SidecarMetrics:
@@ -146,8 +171,15 @@ class SidecarMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         L = c  # noqa: N806 - short alias for label constants
-        self.red = _RequestCollector(model.latency_buckets)
-        r.register(self.red)
+        self.requests = _Requests()
+        r.register(self.requests)
+        self.duration = _FastHistogram(
+            c.REQUEST_DURATION_SECONDS,
+            "Time from the request head to the last response byte, in seconds.",
+            [L.LABEL_MODEL, L.LABEL_VERSION, L.LABEL_ROUTE, L.LABEL_OUTCOME],
+            model.latency_buckets,
+        )
+        r.register(self.duration)
         self.ttfb = Histogram(
             c.TIME_TO_FIRST_BYTE_SECONDS,
             "Streamed responses: time from the request head to the first body bytes, in seconds.",
@@ -155,9 +187,8 @@ class SidecarMetrics:
             buckets=model.latency_buckets,
             registry=r,
         )
-        self.inflight = Gauge(
-            c.INFLIGHT_REQUESTS, "Requests being proxied now.", [L.LABEL_MODEL], registry=r
-        ).labels(self.name)
+        self.inflight = _InFlight(self.name)
+        r.register(self.inflight)
         self.upstream_up = Gauge(
             c.UPSTREAM_UP,
             "1 when the model server answered its last readiness probe, else 0.",
@@ -170,20 +201,15 @@ class SidecarMetrics:
             [L.LABEL_MODEL, L.LABEL_VERSION],
             registry=r,
         )
-        self.request_size = Histogram(
-            c.REQUEST_SIZE_BYTES,
-            "Request body size in bytes.",
-            [L.LABEL_MODEL],
-            buckets=c.SIZE_BUCKETS_BYTES,
-            registry=r,
-        ).labels(self.name)
-        self.response_size = Histogram(
-            c.RESPONSE_SIZE_BYTES,
-            "Response body size in bytes.",
-            [L.LABEL_MODEL],
-            buckets=c.SIZE_BUCKETS_BYTES,
-            registry=r,
-        ).labels(self.name)
+        sizes = []
+        for name, doc in (
+            (c.REQUEST_SIZE_BYTES, "Request body size in bytes."),
+            (c.RESPONSE_SIZE_BYTES, "Response body size in bytes (inference routes)."),
+        ):
+            hist = _FastHistogram(name, doc, [L.LABEL_MODEL], c.SIZE_BUCKETS_BYTES)
+            r.register(hist)
+            sizes.append(hist.child(self.name))
+        self.request_size, self.response_size = sizes
         self.rejected = Counter(
             c.REJECTED_REQUESTS_TOTAL,
             "Requests the sidecar answered itself without forwarding, by reason.",
@@ -260,7 +286,7 @@ class SidecarMetrics:
         self._classes = {
             o.name: {category_key(x): str(x) for x in o.classes or ()} for o in model.outputs
         }
-        self._dur_children: dict[tuple[str, str, str], Any] = {}
+        self._dur_children: dict[tuple[str, str, str, str], _Series] = {}
         self._ttfb_children: dict[tuple[str, str, str], Any] = {}
         self._pred_children: dict[tuple[str, str], Any] = {}
         self.version = UNKNOWN_VERSION
@@ -294,15 +320,13 @@ class SidecarMetrics:
         exemplar: dict[str, str] | None,
     ) -> None:
         """Count one finished request and observe its duration (seconds)."""
-        self.red.observe(
-            model,
-            self.version if model == self.name else "",
-            route,
-            status,
-            outcome,
-            duration,
-            exemplar,
-        )
+        version = self.version if model == self.name else ""
+        self.requests.inc((model, version, route, status, outcome))
+        key = (model, version, route, outcome)
+        series = self._dur_children.get(key)
+        if series is None:
+            series = self._dur_children[key] = self.duration.child(*key)
+        series.observe(duration, exemplar)
 
     def observe_ttfb(self, model: str, route: str, seconds: float) -> None:
         """Observe the time to the response head of a streamed response (seconds)."""
