@@ -45,6 +45,7 @@ import re
 import threading
 import time
 import weakref
+from array import array
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import chain
@@ -196,7 +197,12 @@ def _column(values: Sequence[Any], numeric: bool) -> pa.Array:
     # conversion; the type check runs in C (map + set).
     kinds = set(map(type, values))
     if numeric:
-        return pa.array(values if kinds <= _FLOAT_ONLY else _floats(values), pa.float64())
+        if kinds <= _FLOAT_ONLY:
+            # array('d') packs the floats in one C loop; Arrow wraps that buffer as
+            # is (no nulls, no copy), several times faster than converting a list.
+            packed = array("d", values)
+            return pa.Array.from_buffers(pa.float64(), len(packed), [None, pa.py_buffer(packed)])
+        return pa.array(_floats(values), pa.float64())
     return pa.array(values if kinds <= _STR_ONLY else _strings(values), pa.string())
 
 

@@ -114,25 +114,25 @@ class _FastHistogram(Collector):
         yield fam
 
 
-class _Requests(Collector):
-    """``mlmon_requests_total`` in a plain dict (see :class:`_FastHistogram` for why)."""
+class _FastCounter(Collector):
+    """A counter kept in a plain dict keyed by label values (see :class:`_FastHistogram`
+    for why); key parts are turned into strings at scrape time."""
 
-    def __init__(self) -> None:
-        self.counts: dict[tuple[str, str, str, int, str], int] = {}
+    def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.counts: dict[tuple[Any, ...], float] = {}
 
-    def inc(self, key: tuple[str, str, str, int, str]) -> None:
-        """Count one request of ``(model, version, route, status, outcome)``."""
+    def inc(self, key: tuple[Any, ...], amount: float = 1) -> None:
+        """Add ``amount`` to the series of label values ``key``."""
         counts = self.counts
-        counts[key] = counts.get(key, 0) + 1
+        counts[key] = counts.get(key, 0) + amount
 
     def collect(self) -> Iterable[CounterMetricFamily]:
-        fam = CounterMetricFamily(
-            c.REQUESTS_TOTAL,
-            "Requests proxied to the model server, by route template, status code and outcome.",
-            labels=[c.LABEL_MODEL, c.LABEL_VERSION, c.LABEL_ROUTE, c.LABEL_CODE, c.LABEL_OUTCOME],
-        )
-        for (model, version, route, status, outcome), n in sorted(self.counts.items()):
-            fam.add_metric([model, version, route, str(status), outcome], n)
+        fam = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for key, n in sorted(self.counts.items()):
+            fam.add_metric([str(x) for x in key], n)
         yield fam
 
 
@@ -171,7 +171,11 @@ class SidecarMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         L = c  # noqa: N806 - short alias for label constants
-        self.requests = _Requests()
+        self.requests = _FastCounter(
+            c.REQUESTS_TOTAL,
+            "Requests proxied to the model server, by route template, status code and outcome.",
+            [L.LABEL_MODEL, L.LABEL_VERSION, L.LABEL_ROUTE, L.LABEL_CODE, L.LABEL_OUTCOME],
+        )
         r.register(self.requests)
         self.duration = _FastHistogram(
             c.REQUEST_DURATION_SECONDS,
@@ -241,12 +245,12 @@ class SidecarMetrics:
             buckets=_all_buckets(model.outputs),
             registry=r,
         )
-        self.predictions = Counter(
+        self.predictions = _FastCounter(
             c.PREDICTIONS_TOTAL,
             "Class outputs, one per row; classes outside the spec count as 'other'.",
             [L.LABEL_MODEL, L.LABEL_OUTPUT, L.LABEL_CLASS],
-            registry=r,
         )
+        r.register(self.predictions)
         self.coverage = CoverageEvaluator(model.features)
         r.register(_CoverageCollector(self.name, self.coverage))
 
@@ -288,7 +292,7 @@ class SidecarMetrics:
         }
         self._dur_children: dict[tuple[str, str, str, str], _Series] = {}
         self._ttfb_children: dict[tuple[str, str, str], Any] = {}
-        self._pred_children: dict[tuple[str, str], Any] = {}
+        self._pred_children: dict[str, Any] = {}
         self.version = UNKNOWN_VERSION
         self.set_version(model.version or UNKNOWN_VERSION)
 
@@ -362,35 +366,31 @@ class SidecarMetrics:
                     continue
                 label = spec_name
             if spec.type == "numerical":
-                hist = self._pred_child(label, None)
+                hist = self._pred_child(label)
                 for v in values:
                     t = type(v)
                     if (t is float or t is int) and v == v:
                         hist.observe(v)
             else:
                 classes = self._classes[spec_name]
+                inc = self.predictions.inc
                 for v in values:
                     if isinstance(v, list) and len(v) == 1:
                         v = v[0]
                     cls = c.CLASS_OTHER
                     if _scalar(v):
                         cls = classes.get(category_key(v), c.CLASS_OTHER)
-                    self._pred_child(label, cls).inc()
+                    inc((self.name, label, cls))
         if preds.usage and self.model.protocol == "openai":
             for kind, n in preds.usage.items():
                 child = self.tokens.get(kind)
                 if child is not None and n > 0:
                     child.inc(n)
 
-    def _pred_child(self, output: str, cls: str | None) -> Any:
-        key = (output, cls or "")
-        child = self._pred_children.get(key)
+    def _pred_child(self, output: str) -> Any:
+        child = self._pred_children.get(output)
         if child is None:
-            if cls is None:
-                child = self.prediction_value.labels(self.name, output)
-            else:
-                child = self.predictions.labels(self.name, output, cls)
-            self._pred_children[key] = child
+            child = self._pred_children[output] = self.prediction_value.labels(self.name, output)
         return child
 
 
