@@ -197,9 +197,10 @@ class CaptureSpec(_Model):
     """Size bound in bytes of this model's capture files (default 1 GiB); oldest go first."""
     rotate_seconds: Annotated[float, Field(gt=0)] = 60.0
     """A file is closed after this many seconds (default 60)."""
-    max_file_bytes: Annotated[int, Field(gt=0)] = 16 << 20
+    max_file_bytes: Annotated[int, Field(gt=0)] = 8 << 20
     """A file is closed once its buffered rows reach about this size in memory
-    (default 16 MiB): the bound on the writer's buffer, so on the sidecar's RSS."""
+    (default 8 MiB, about 30,000 rows of 30 features): the bound on the writer's
+    buffer, so on the sidecar's RSS."""
     queue_rows: Annotated[int, Field(gt=0)] = 20_000
     """Rows that may wait for the writer (default 20,000, about 20 MB for 30 features;
     the writer drains 65-80k rows/s); beyond, rows are dropped and counted."""
