@@ -86,6 +86,8 @@ class FeatureSpec(_Model):
     """Personal data: counted for coverage but never written to the capture store."""
     required: bool = True
     """Whether clients must send it (optional features may be ``missing`` by design)."""
+    min_coverage: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    """Coverage (present share) below this alerts; default ``alerting.min_coverage``."""
     description: str = ""
     """Free text shown in reports and dashboards."""
 
@@ -250,6 +252,9 @@ class ModelSpec(_Model):
     """Path probed for ``mlmon_upstream_up`` and ``/-/ready``; default per protocol
     (v2 ``/v2/health/ready``, v1/tfserving ``/v1/models/<name>``, mlflow ``/ping``,
     openai ``/v1/models``, json: any HTTP answer on ``/``)."""
+    quality_min: dict[str, Annotated[float, Field(ge=0.0)]] = {}
+    """Model quality floors by metric (``accuracy``, ``f1``, ``roc_auc``, ...), checked
+    against ``mlmon_model_quality`` from delayed labels; e.g. ``{accuracy: 0.9}``."""
     probe_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
     """Seconds between readiness (and version) probes of the upstream (default 5)."""
     inference_paths: list[str] = ["/predict"]
@@ -347,6 +352,176 @@ class TracingSpec(_Model):
     """Share of root traces sampled (parent-based: an incoming sampled parent is kept)."""
 
 
+_DURATION_RE = re.compile(r"^([1-9][0-9]*)([mhdw])$")
+_UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration_seconds(value: str) -> int:
+    """Seconds in a Prometheus-style duration of one unit: ``30d``, ``4w``, ``12h``, ``90m``.
+
+    Raises:
+        ValueError: not of that form.
+    """
+    m = _DURATION_RE.match(value)
+    if m is None:
+        raise ValueError(f"{value!r}: expected a duration like 30d, 4w, 12h or 90m")
+    return int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+class SLOSpec(_Model):
+    """A service level objective of one model (SRE workbook, chapter 2).
+
+    Availability SLO (no ``threshold_seconds``): the SLI is the share of requests
+    whose outcome is not server_error, timeout or unreachable. Latency SLO: the
+    share answered within ``threshold_seconds``.
+    """
+
+    name: str
+    """SLO name, the ``slo`` label of its rules and alerts (e.g. ``availability``)."""
+    model: str
+    """The spec model it applies to."""
+    objective: Annotated[float, Field(gt=0.0, lt=1.0)]
+    """Target share of good requests, 0-1 exclusive (0.999 = 99.9 %). 1.0 is refused: it
+    leaves no error budget, and burn rates divide by the budget (case C22)."""
+    window: str = "30d"
+    """Compliance window, a duration like ``30d`` or ``4w`` (default 30d); the burn-rate
+    factors are computed from it."""
+    threshold_seconds: Annotated[float, Field(gt=0)] | None = None
+    """Latency SLO: requests slower than this are bad. Must be one of the model's
+    ``latency_buckets`` (the SLI is read from the histogram buckets)."""
+    description: str = ""
+    """Free text for the alert descriptions."""
+
+    _check = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        seconds = duration_seconds(v)
+        if seconds < 86400:
+            raise ValueError("must be at least 1d (burn-rate alerts look back up to 3d)")
+        return v
+
+    @property
+    def window_seconds(self) -> int:
+        """The compliance window in seconds."""
+        return duration_seconds(self.window)
+
+
+class ReceiverSpec(_Model):
+    """Where Alertmanager sends one severity. Give at least one destination."""
+
+    webhook_url: str | None = None
+    """A generic webhook (Alertmanager ``webhook_configs``)."""
+    pagerduty_routing_key_file: str | None = None
+    """File holding a PagerDuty Events v2 routing key."""
+    slack_api_url_file: str | None = None
+    """File holding a Slack incoming-webhook URL."""
+    slack_channel: str | None = None
+    """Slack channel, e.g. ``#ml-alerts``."""
+
+    @model_validator(mode="after")
+    def _some(self) -> ReceiverSpec:
+        if not (self.webhook_url or self.pagerduty_routing_key_file or self.slack_api_url_file):
+            raise ValueError("give webhook_url, pagerduty_routing_key_file or slack_api_url_file")
+        if self.slack_channel and not self.slack_api_url_file:
+            raise ValueError("slack_channel needs slack_api_url_file")
+        return self
+
+
+class AlertingSpec(_Model):
+    """Thresholds and routing of the generated alerts (defaults documented per field)."""
+
+    runbook_base_url: str = "docs/runbooks"
+    """Base of every ``runbook_url``: ``<base>/<AlertName>.md`` (default the repo path)."""
+    sidecar_job: str = "model-sidecar"
+    """Prometheus ``job`` label of the sidecars' scrape config."""
+    drift_job: str = "model-drift"
+    """Prometheus ``job`` label of the drift job's scrape config."""
+    gpu_job: str = "gpu-exporter"
+    """Prometheus ``job`` label of ``monitor gpu-exporter``."""
+    min_coverage: Annotated[float, Field(ge=0.0, le=1.0)] = 0.95
+    """Feature coverage (present share over 15 m) below this alerts; per-feature
+    ``min_coverage`` overrides it (default 0.95)."""
+    max_payload_error_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01
+    """Share of inference requests the sidecar cannot parse, over 15 m (default 1 %)."""
+    max_capture_drop_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01
+    """Share of captured rows dropped, over 15 m (default 1 %)."""
+    gpu_memory_max_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
+    """GPU memory used over total above this for 15 m alerts (default 0.95)."""
+    version_skew_minutes: Annotated[float, Field(gt=0)] = 10.0
+    """Replicas of one model reporting more than one version this long alerts (default 10)."""
+    pager: ReceiverSpec | None = None
+    """Receiver of ``severity=page`` alerts; none = they are only shown in Alertmanager."""
+    ticket: ReceiverSpec | None = None
+    """Receiver of ``severity=ticket`` alerts."""
+    mitigator_url: str | None = None
+    """Webhook URL of ``monitor mitigator`` (``http://host:port/v1/alerts``); alerts that
+    carry a ``mitigation`` label also go there."""
+    mitigator_credentials_file: str | None = None
+    """File holding the bearer token Alertmanager sends to the mitigator."""
+
+
+class DriftSpec(_Model):
+    """Schedule and verdict rules of the drift job (evidently's defaults when unset)."""
+
+    schedule_seconds: Annotated[float, Field(gt=0)] = 300.0
+    """Seconds between scheduled drift runs (default 300)."""
+    window_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    """Current window: the last this many seconds of captured rows (default 3600)."""
+    min_rows: Annotated[int, Field(ge=1)] = 100
+    """Fewer current rows than this: ``insufficient_data``, never a verdict (default 100)."""
+    drift_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    """Dataset drift when at least this share of features drift (evidently's default 0.5)."""
+    method: str | None = None
+    """Drift method for every feature (``ks``, ``psi``, ...); unset = evidently's choice."""
+    threshold: float | None = None
+    """Threshold for ``method``; unset = the method's evidently default."""
+
+
+class MitigationSpec(_Model):
+    """An automated mitigation policy (run by ``monitor mitigator``).
+
+    The alert generator reads ``name`` and ``match``: alerts a policy matches carry
+    ``mitigation: <name>`` and are routed to the mitigator too. The action fields are
+    validated by the mitigator.
+    """
+
+    name: str
+    """Policy name, the ``mitigation`` label value."""
+    match: dict[str, str]
+    """Alert label matchers: ``value`` is equality, ``~regex`` a full regex match."""
+    action: dict[str, Any]
+    """What to do (``type``: sidecar, http or command, with its parameters)."""
+    revert: dict[str, Any] | None = None
+    """How to undo it (same shape as ``action``)."""
+    cooldown_seconds: Annotated[float, Field(ge=0)] = 600.0
+    """Minimum seconds between two runs of this policy (default 600)."""
+    max_per_hour: Annotated[int, Field(ge=1)] | None = None
+    """Rate limit of this policy (default none)."""
+    revert_on_resolve: bool = False
+    """Undo the action when the alert resolves (default false)."""
+    revert_hold_seconds: Annotated[float, Field(ge=0)] = 0.0
+    """Seconds the alert must stay resolved before the revert (default 0)."""
+    dry_run: bool = False
+    """Log and audit, but do not act (default false)."""
+
+    _check = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
+
+    @field_validator("match")
+    @classmethod
+    def _match(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v:
+            raise ValueError("must name at least one label (e.g. alertname)")
+        for key, value in v.items():
+            if value.startswith("~"):
+                try:
+                    re.compile(value[1:])
+                except re.error as exc:
+                    raise ValueError(f"{key}: bad regex {value[1:]!r}: {exc}") from None
+        return v
+
+
 class MonitorSpec(_Model):
     """The whole ``monitor.yaml``."""
 
@@ -358,6 +533,14 @@ class MonitorSpec(_Model):
     """The models monitored; names are unique."""
     tracing: TracingSpec = TracingSpec()
     """Tracing settings shared by every sidecar."""
+    slos: list[SLOSpec] = []
+    """Service level objectives; each generates burn-rate rules and alerts."""
+    alerting: AlertingSpec = AlertingSpec()
+    """Alert thresholds and Alertmanager routing."""
+    drift: DriftSpec = DriftSpec()
+    """Drift job schedule and verdict rules."""
+    mitigations: list[MitigationSpec] = []
+    """Automated mitigation policies."""
 
     _check = field_validator("service")(classmethod(lambda cls, v: _check_name(v)))
 
@@ -373,6 +556,32 @@ class MonitorSpec(_Model):
         if c.MODEL_OTHER in names:
             raise ValueError(f"{c.MODEL_OTHER!r} is reserved for unknown models")
         return v
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> MonitorSpec:
+        models = {m.name: m for m in self.models}
+        seen: set[tuple[str, str]] = set()
+        for i, slo in enumerate(self.slos):
+            model = models.get(slo.model)
+            if model is None:
+                raise ValueError(
+                    f"slos[{i}].model: no model named {slo.model!r} (known: {', '.join(models)})"
+                )
+            if (slo.model, slo.name) in seen:
+                raise ValueError(f"slos[{i}]: SLO {slo.name!r} of model {slo.model!r} repeats")
+            seen.add((slo.model, slo.name))
+            t = slo.threshold_seconds
+            if t is not None and not any(math.isclose(t, b) for b in model.latency_buckets):
+                raise ValueError(
+                    f"slos[{i}].threshold_seconds: {t:g} is not a latency bucket of model "
+                    f"{slo.model!r}; the latency SLI is read from the buckets, so use one of "
+                    f"{', '.join(f'{b:g}' for b in model.latency_buckets)}"
+                )
+        names = [p.name for p in self.mitigations]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"mitigations: names must be unique; repeated: {', '.join(dup)}")
+        return self
 
     def model(self, name: str) -> ModelSpec:
         """Return the model named ``name``.
@@ -397,6 +606,9 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "(root)"
 
 
+_PATH_PREFIX = re.compile(r"^[A-Za-z_]\w*(\[\d+\])?(\.\w+(\[\d+\])?)*: ")
+
+
 def _format_error(err: Any) -> str:
     msg = str(err["msg"])
     if err["type"] == "extra_forbidden":
@@ -407,6 +619,8 @@ def _format_error(err: Any) -> str:
         msg = msg[len("Value error, ") :]
     # Union members add their type name ("float", "str", ...) to the loc; drop them.
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and not p.isidentifier()))
+    if not loc and _PATH_PREFIX.match(msg):
+        return msg  # a cross-reference check names its own field path
     return f"{_format_loc(loc)}: {msg}"
 
 

@@ -145,7 +145,8 @@ def test_the_walk_reaches_every_model_of_the_spec() -> None:
     names = {m.__name__ for _, m in SPEC_MODELS}
     assert names == {
         "MonitorSpec", "ModelSpec", "FeatureSpec", "OutputSpec",
-        "CaptureSpec", "TimeoutSpec", "TracingSpec",
+        "CaptureSpec", "TimeoutSpec", "TracingSpec", "SLOSpec", "AlertingSpec",
+        "ReceiverSpec", "DriftSpec", "MitigationSpec",
     }  # fmt: skip
 
 

@@ -180,3 +180,73 @@ def test_unreadable_files_give_one_clear_line(tmp_path: Path, text: str, expecte
 def test_a_missing_file_is_reported_not_raised_as_a_traceback(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="cannot read"):
         load_spec(tmp_path / "absent.yaml")
+
+
+SLO_CASES = [
+    (
+        {"name": "availability", "model": "bc", "objective": 1.0},
+        "slos[0].objective: Input should be less than 1",
+    ),
+    (
+        {"name": "latency", "model": "bc", "objective": 0.99, "threshold_seconds": 0.3},
+        "slos[0].threshold_seconds: 0.3 is not a latency bucket of model 'bc'",
+    ),
+    (
+        {"name": "availability", "model": "nope", "objective": 0.99},
+        "slos[0].model: no model named 'nope'",
+    ),
+    (
+        {"name": "availability", "model": "bc", "objective": 0.99, "window": "12h"},
+        "slos[0].window: must be at least 1d",
+    ),
+    (
+        {"name": "availability", "model": "bc", "objective": 0.99, "window": "30 days"},
+        "slos[0].window: '30 days': expected a duration",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("slo", "expected"),
+    SLO_CASES,
+    ids=[
+        "C22: an objective of 100 % is refused (no error budget to burn).",
+        "A latency threshold that is not a bucket boundary is refused with the buckets listed.",
+        "An SLO of an unknown model is refused.",
+        "A window shorter than the 3-day burn-rate lookback is refused.",
+        "A window that is not a duration is refused.",
+    ],
+)
+def test_slo_problems_name_the_field(slo: dict, expected: str) -> None:
+    data = base()
+    data["slos"] = [slo]
+    with pytest.raises(SpecError) as err:
+        parse_spec(data)
+    assert any(p.startswith(expected) for p in err.value.problems), err.value.problems
+
+
+def test_slos_alerting_and_mitigations_from_the_issues_load() -> None:
+    data = base()
+    data["slos"] = [
+        {"name": "availability", "model": "bc", "objective": 0.999, "window": "30d"},
+        {"name": "latency", "model": "bc", "objective": 0.99, "threshold_seconds": 0.25},
+    ]
+    data["alerting"] = {
+        "pager": {"webhook_url": "http://127.0.0.1:9/page"},
+        "mitigator_url": "http://127.0.0.1:9/v1/alerts",
+    }
+    data["mitigations"] = [
+        {
+            "name": "shift-to-fallback",
+            "match": {"alertname": "ErrorBudgetBurn", "severity": "page"},
+            "action": {"type": "sidecar", "op": "route", "fallback_weight": 1.0},
+            "cooldown_seconds": 600,
+            "max_per_hour": 3,
+            "revert_on_resolve": True,
+            "revert_hold_seconds": 120,
+            "dry_run": False,
+        }
+    ]
+    spec = parse_spec(data)
+    assert [s.window_seconds for s in spec.slos] == [30 * 86400, 30 * 86400]
+    assert spec.mitigations[0].match == {"alertname": "ErrorBudgetBurn", "severity": "page"}
