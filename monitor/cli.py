@@ -93,6 +93,56 @@ def sidecar(config: Path, model: str, listen: str, metrics_listen: str) -> None:
 
 
 @main.command()
+@click.option(
+    "--config", "config", required=True, type=click.Path(path_type=Path), help="monitor.yaml"
+)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Output directory; files go under DIR/alerts/.",
+)
+@click.option(
+    "--check",
+    "check",
+    is_flag=True,
+    help="Write nothing; exit 1 with a diff when the files under DIR are not up to date.",
+)
+def generate(config: Path, out: Path, check: bool) -> None:
+    """Generate the Prometheus rules, their promtool tests and the Alertmanager config."""
+    from monitor import generate as gen
+
+    try:
+        if not check:
+            written = gen.generate(config, out)
+            for rel in written.written:
+                click.echo(f"wrote {out / rel}")
+            for rel in written.removed:
+                click.echo(f"removed {out / rel} (no longer generated)")
+            if not (written.written or written.removed):
+                click.echo(f"{len(written.unchanged)} file(s) under {out} already up to date")
+            return
+        result = gen.check(config, out)
+    except MonitorError as exc:
+        _fail(exc)
+        return
+    if result.ok:
+        click.echo(f"{len(result.checked)} file(s) under {out} up to date")
+        return
+    for rel in result.changed:
+        click.echo(result.changed[rel], nl=False)
+    for rel in result.changed:
+        click.echo(f"{out / rel}: differs from the spec", err=True)
+    for rel in result.missing:
+        click.echo(f"{out / rel}: missing", err=True)
+    for rel in result.stale:
+        click.echo(f"{out / rel}: generated but no longer produced by the spec", err=True)
+    click.echo(f"out of date; run: monitor generate --config {config} --out {out}", err=True)
+    sys.exit(1)
+
+
+@main.command()
 @click.option("--requests", default=300, show_default=True, help="Inference requests to send.")
 @click.option(
     "--out",
