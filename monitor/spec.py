@@ -213,6 +213,10 @@ class TimeoutSpec(_Model):
 
     connect_seconds: Annotated[float, Field(gt=0)] = 5.0
     """TCP connect timeout in seconds (default 5); expiry answers 504."""
+    client_header_seconds: Annotated[float, Field(gt=0)] = 30.0
+    """A request head (request line and headers) must arrive within this many seconds
+    of its first byte, or the client gets 408 and the connection closes (default 30 s;
+    nginx's client_header_timeout is 60 s). Ends slowloris connections."""
     client_idle_seconds: Annotated[float, Field(gt=0)] = 75.0
     """A client connection with no request in progress and no bytes for this long is
     closed (default 75 s, nginx's keepalive_timeout); this also ends stalled request
@@ -650,13 +654,37 @@ def load_spec(path: str | Path) -> MonitorSpec:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            [f"(file): not UTF-8 text (byte {exc.start}); save monitor.yaml as UTF-8"], str(p)
+        ) from None
     except OSError as exc:
         raise SpecError([f"(file): cannot read: {exc.strerror or exc}"], str(p)) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError([f"(yaml): {where}{problem}"], str(p)) from None
+    except RecursionError:
+        raise SpecError(["(yaml): nested too deeply to be a monitor.yaml"], str(p)) from None
+    except ValueError as exc:  # e.g. an integer of thousands of digits
+        raise SpecError([f"(yaml): {exc}"], str(p)) from None
     return parse_spec(data, str(p))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a key repeated in one mapping is an error
+    (PyYAML keeps the last value silently, hiding a typo'd override)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} repeats in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)

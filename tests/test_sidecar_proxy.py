@@ -7,6 +7,7 @@ and cases C11, C13, C14, C16, C17 of shared/cases/real-world-cases.md.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -637,3 +638,141 @@ def test_an_upgrade_request_gets_the_upstreams_plain_answer_then_close(side: Sid
     assert b"Connection: close" in buf
     seen = json.loads(buf.split(b"\r\n\r\n", 1)[1])
     assert not any(h[0].lower() in ("upgrade", "connection") for h in seen["headers"])
+
+
+def _read_all(s: socket.socket, limit: float = 10) -> bytes:
+    s.settimeout(limit)
+    buf = b""
+    while True:
+        try:
+            data = s.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not data:
+            break
+        buf += data
+    return buf
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n", b"431"),
+        (
+            b"GET /echo HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-%d: v\r\n" % i for i in range(1000))
+            + b"\r\n",
+            b"431",
+        ),
+        (b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414"),
+    ],
+    ids=[
+        "A 1 MB header value gets 431 instead of being buffered.",
+        "A thousand header fields get 431.",
+        "A 100 KB request target gets 414.",
+    ],
+)
+def test_oversized_request_heads_are_refused_and_others_keep_being_served(
+    side: SidecarProc, head: bytes, status: bytes
+) -> None:
+    s = raw(side)
+    with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+        s.sendall(head)
+    assert _read_all(s).startswith(b"HTTP/1.1 " + status)
+    c = conn(side)
+    c.request("GET", "/echo")
+    assert c.getresponse().status == 200
+
+
+def test_an_endless_head_cannot_starve_other_clients(side: SidecarProc) -> None:
+    s = raw(side)
+    s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: ")
+    stop = threading.Event()
+
+    def flood() -> None:
+        sent = 0
+        with contextlib.suppress(OSError):
+            while sent < (32 << 20) and not stop.is_set():
+                s.sendall(b"a" * 65536)
+                sent += 65536
+
+    t = threading.Thread(target=flood)
+    t.start()
+    try:
+        for _ in range(5):  # the sidecar stops reading the flood at 64 KiB and keeps serving
+            t0 = time.monotonic()
+            c = conn(side, timeout=5)
+            c.request("GET", "/echo")
+            assert c.getresponse().status == 200
+            assert time.monotonic() - t0 < 2
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert _rss(side.pid) < 200 * 2**20
+
+
+def test_slowloris_heads_get_408_after_client_header_seconds(
+    upstream: FaultServer, tmp_path: Path
+) -> None:
+    spec = write_spec(
+        tmp_path / "m.yaml",
+        upstream.url,
+        timeouts={"connect_seconds": 1, "read_seconds": 2, "client_header_seconds": 1},
+    )
+    with sidecar(spec) as proc:
+        s = socket.create_connection(("127.0.0.1", proc.port), timeout=5)
+        _OPEN.append(s)
+        t0 = time.monotonic()
+        got = b""
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            for ch in b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Slow: abcdefghijklmnop":
+                s.sendall(bytes([ch]))  # one byte every 0.1 s: never idle, never done
+                time.sleep(0.1)
+                if time.monotonic() - t0 > 3.5:
+                    break
+        got = _read_all(s, 3)
+        assert got.startswith(b"HTTP/1.1 408")
+        assert 0.9 <= time.monotonic() - t0 < 6
+
+
+def test_garbage_after_a_pipelined_request_answers_the_request_then_400(side: SidecarProc) -> None:
+    m0 = side.scrape()
+    s = raw(side)
+    s.sendall(b"GET /echo/first HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE\r\n\r\n")
+    buf = _read_all(s)
+    assert buf.startswith(b"HTTP/1.1 200") and b"/echo/first" in buf
+    assert b"HTTP/1.1 400" in buf[buf.index(b"/echo/first") :]
+    m1 = side.scrape()
+    assert (
+        m1.get("mlmon_requests_total", code="200") - m0.get("mlmon_requests_total", code="200") == 1
+    )
+    assert m1.get("mlmon_requests_total", outcome="client_cancelled") == m0.get(
+        "mlmon_requests_total", outcome="client_cancelled"
+    )
+
+
+def test_chunked_trailers_are_never_promoted_to_request_headers(side: SidecarProc) -> None:
+    s = raw(side)
+    s.sendall(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nAuthorization: Bearer forged\r\n\r\n"
+    )
+    buf = _read_all(s)
+    seen = json.loads(
+        buf.split(b"\r\n\r\n", 1)[1].split(b"\r\n")[1]
+        if b"chunked" in buf.split(b"\r\n\r\n")[0].lower()
+        else buf.split(b"\r\n\r\n", 1)[1]
+    )
+    assert seen["body_len"] == 3
+    assert not any(h[0].lower() == "authorization" for h in seen["headers"])
+
+
+def test_an_http10_request_without_host_gets_one_upstream(
+    side: SidecarProc, upstream: FaultServer
+) -> None:
+    s = raw(side)
+    s.sendall(b"GET /echo HTTP/1.0\r\n\r\n")
+    buf = _read_all(s)
+    assert buf.startswith(b"HTTP/1.1 200")
+    seen = json.loads(buf.split(b"\r\n\r\n", 1)[1])
+    assert ["Host", f"127.0.0.1:{upstream.port}"] in seen["headers"]

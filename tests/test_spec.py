@@ -166,8 +166,20 @@ def test_validate_cli_exits_0_when_valid_and_1_with_one_line_per_problem(tmp_pat
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("models: [", "(yaml): line 1"), ("- a\n- b\n", "(root): must be a mapping")],
-    ids=["Broken YAML names the line.", "A YAML list instead of a mapping is rejected."],
+    [
+        ("models: [", "(yaml): line 1"),
+        ("- a\n- b\n", "(root): must be a mapping"),
+        ("a:\n  max: 10\n  max: 11\n", "(yaml): line 3, column 3: key 'max' repeats"),
+        ("a: " + "[" * 100_000 + "]" * 100_000, "(yaml): nested too deeply"),
+        ("a: " + "9" * 5000, "(yaml): Exceeds the limit"),
+    ],
+    ids=[
+        "Broken YAML names the line.",
+        "A YAML list instead of a mapping is rejected.",
+        "A key repeated in one mapping is an error, not a silent override.",
+        "Absurdly deep nesting is an error, not a RecursionError traceback.",
+        "An integer of thousands of digits is an error, not a traceback.",
+    ],
 )
 def test_unreadable_files_give_one_clear_line(tmp_path: Path, text: str, expected: str) -> None:
     p = tmp_path / "m.yaml"
@@ -175,6 +187,13 @@ def test_unreadable_files_give_one_clear_line(tmp_path: Path, text: str, expecte
     with pytest.raises(SpecError) as err:
         load_spec(p)
     assert err.value.problems[0].startswith(expected)
+
+
+def test_a_binary_file_is_reported_as_not_utf8(tmp_path: Path) -> None:
+    p = tmp_path / "m.yaml"
+    p.write_bytes(b"apiVersion: \xff\xfe\x00garbage")
+    with pytest.raises(SpecError, match="not UTF-8"):
+        load_spec(p)
 
 
 def test_a_missing_file_is_reported_not_raised_as_a_traceback(tmp_path: Path) -> None:

@@ -283,7 +283,7 @@ class Sidecar:
         self._runner: web.AppRunner | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
-        self.ready = False
+        self.ready: bool | None = None  # None until the first probe
         self.port = 0
         self.metrics_port = 0
 
@@ -299,10 +299,16 @@ class Sidecar:
             inspect_max_bytes=m.inspect_max_bytes,
             max_request_bytes=m.max_request_bytes,
             client_idle_timeout=m.timeouts.client_idle_seconds,
+            client_header_timeout=m.timeouts.client_header_seconds,
         )
         if self.capture is not None:
             self.capture.start()
-        await self.proxy.listen(*self.listen)
+        try:
+            await self.proxy.listen(*self.listen)
+        except OSError as exc:
+            raise MonitorError(
+                f"--listen {self.listen[0]}:{self.listen[1]}: {exc.strerror or exc}"
+            ) from None
         self.port = self.proxy.port
         app = web.Application()
         app.router.add_get("/metrics", self._handle_metrics)
@@ -311,7 +317,14 @@ class Sidecar:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, *self.metrics_listen, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.proxy.close()
+            raise MonitorError(
+                f"--metrics-listen {self.metrics_listen[0]}:{self.metrics_listen[1]}: "
+                f"{exc.strerror or exc}"
+            ) from None
         self.metrics_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         timeout = aiohttp.ClientTimeout(
             total=min(m.probe_interval_seconds, m.timeouts.connect_seconds + 2)
@@ -359,6 +372,13 @@ class Sidecar:
                 up = resp.status < 300 if path else True
         except (aiohttp.ClientError, TimeoutError, OSError):
             up = False
+        if up != self.ready:
+            log.log(
+                logging.INFO if up else logging.WARNING,
+                "upstream %s is %s",
+                m.upstream,
+                "ready" if up else "not ready (clients still get its answers, or 502/504)",
+            )
         self.ready = up
         self.metrics.upstream_up.set(1 if up else 0)
         if up and m.version is None and self.adapter.metadata_path:

@@ -31,6 +31,7 @@ moves bytes and keeps time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections import deque
@@ -59,6 +60,18 @@ HOP_BY_HOP = frozenset(
 )
 _STRIP_REQUEST = HOP_BY_HOP | {b"expect"}
 _TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
+MAX_HEAD_BYTES = 64 * 1024
+"""Largest request line plus headers accepted (nginx allows 4 x 8 KiB; aiohttp 8 KiB
+per line); a larger head gets 431 and the connection closes, so a client cannot
+make the sidecar buffer an endless head."""
+MAX_HEADERS = 256
+"""Most header fields accepted in one request head (431 beyond)."""
+
+
+class _RefusedError(Exception):
+    """Raised inside a parser callback to stop reading a request head."""
+
+
 _NOTED = frozenset({b"expect", b"traceparent", b"tracestate", b"x-request-id", b"idempotency-key"})
 """Request headers the proxy and its observer look at, kept in ``Exchange.noted``."""
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
@@ -104,6 +117,7 @@ class Exchange:
         "ctx",
         "down",
         "finished",
+        "has_host",
         "head_sent",
         "headers",
         "http11",
@@ -147,6 +161,7 @@ class Exchange:
         self.url = url
         self.headers: list[tuple[bytes, bytes]] = headers
         self.http11 = True
+        self.has_host = False
         self.keep_alive = True
         self.req_chunked = False
         self.content_length: int | None = None
@@ -407,8 +422,13 @@ class DownstreamProtocol(asyncio.Protocol):
         self._cork: list[bytes] | None = None
         self.last_activity = proxy.loop.time()
         self._paused = 0
-        self._url = b""
+        self._url: list[bytes] = []
         self._headers: list[tuple[bytes, bytes]] = []
+        self._in_head = False
+        self._head_size = 0
+        self.head_started: float | None = None  # when the request head being read began
+        self.poisoned: str | None = None  # unparseable bytes after a request: 400 once answered
+        self._refusal: tuple[int, str] | None = None
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -423,6 +443,8 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.proxy.loop.time()
+        if self.poisoned is not None:
+            return  # nothing after unparseable bytes is read
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -436,13 +458,33 @@ class DownstreamProtocol(asyncio.Protocol):
             else:
                 ex.keep_alive = False
                 self.pause_reading()
-        except httptools.HttpParserError as exc:
-            self.proxy.reject_local(self, self.parsing, 400, f"malformed HTTP request: {exc}")
+        except Exception as exc:  # httptools.HttpParserError, or a refusal from a callback
+            status, why = self._refusal or (400, f"malformed HTTP request: {exc}")
+            self._refusal = None
+            self._bad_bytes(status, why)
         finally:
             if self.deferred:
                 for ex in self.deferred:
                     self.proxy.dispatch(ex)
                 self.deferred.clear()
+
+    def _bad_bytes(self, status: int, why: str) -> None:
+        """The client sent something that cannot be forwarded (``status`` 400 or 431)."""
+        ex = self.parsing
+        if ex is not None and ex is self.current:
+            self.proxy.reject_local(self, ex, status, why)  # broken mid-request: answer it
+            return
+        if ex is not None:  # a pipelined request, not started: drop it
+            with contextlib.suppress(ValueError):
+                self.queue.remove(ex)
+            self.parsing = None
+        if self.current is None and not self.queue:
+            self.proxy.reject_local(self, None, status, why)
+            return
+        # Requests before the bad bytes are answered first (pipelining), then the
+        # error, then the connection closes.
+        self.poisoned = f"{status} {why}"
+        self.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -464,18 +506,38 @@ class DownstreamProtocol(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
-        self._url = b""
+        self._url = []
         self._headers = []
+        self._in_head = True
+        self._head_size = 0
+        self.head_started = self.proxy.loop.time()
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        self._url.append(url)
+        self._head_size += len(url)
+        if self._head_size > MAX_HEAD_BYTES:
+            self._refuse(414, f"request target over {MAX_HEAD_BYTES} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a chunked trailer: never promoted to a header upstream
         self._headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD_BYTES or len(self._headers) > MAX_HEADERS:
+            self._refuse(
+                431,
+                f"request head over {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} header fields",
+            )
+
+    def _refuse(self, status: int, why: str) -> None:
+        self._refusal = (status, why)
+        raise _RefusedError(why)
 
     def on_headers_complete(self) -> None:
         p = self.parser
-        ex = Exchange(self, p.get_method(), self._url, self._headers)
+        self._in_head = False
+        self.head_started = None
+        ex = Exchange(self, p.get_method(), b"".join(self._url), self._headers)
         ex.http11 = p.get_http_version() == "1.1"
         ex.keep_alive = p.should_keep_alive()
         for name, value in ex.headers:
@@ -489,6 +551,8 @@ class DownstreamProtocol(asyncio.Protocol):
                 ex.req_chunked = b"chunked" in value.lower()
             elif n == b"content-type":
                 ex.content_type = value
+            elif n == b"host":
+                ex.has_host = True
             elif n in _NOTED:  # read once here, not by later scans of the header list
                 ex.noted[n] = value
         self.parsing = ex
@@ -569,8 +633,14 @@ class DownstreamProtocol(asyncio.Protocol):
         if self.queue:
             nxt = self.queue.popleft()
             self.current = nxt
-            self.resume_reading()
+            if not self.queue and self.poisoned is None:
+                self.resume_reading()
             self.proxy.start(nxt)
+        elif self.poisoned is not None:
+            status, why = self.poisoned.split(" ", 1)
+            body = orjson.dumps({"error": why, "source": "monitor-sidecar"})
+            self.write(_local_response(int(status), body, keep_alive=False, http11=True))
+            self.close()
 
 
 class ProxyServer:
@@ -586,6 +656,7 @@ class ProxyServer:
             from the sidecar (None: no limit).
         client_idle_timeout: seconds after which a client connection with no
             request in progress and no bytes received is closed.
+        client_header_timeout: seconds a request head may take to arrive (408 after).
     """
 
     def __init__(
@@ -599,6 +670,7 @@ class ProxyServer:
         inspect_max_bytes: int = 8 << 20,
         max_request_bytes: int | None = None,
         client_idle_timeout: float = 75.0,
+        client_header_timeout: float = 30.0,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.loop = loop or asyncio.get_running_loop()
@@ -607,9 +679,13 @@ class ProxyServer:
         self.inspect_max_bytes = inspect_max_bytes
         self.max_request_bytes = max_request_bytes
         self.pool = UpstreamPool(self, host, port, connect_timeout)
+        self.host_header = b"Host: %b\r\n" % (
+            host.encode("idna") if port == 80 else b"%b:%d" % (host.encode("idna"), port)
+        )
         self.connections: set[DownstreamProtocol] = set()
         self.server: asyncio.base_events.Server | None = None
         self.client_idle_timeout = client_idle_timeout
+        self.client_header_timeout = client_header_timeout
         self._sweeper: asyncio.TimerHandle | None = None
 
     async def listen(self, host: str, port: int) -> asyncio.base_events.Server:
@@ -631,14 +707,21 @@ class ProxyServer:
         now = self.loop.time()
         idle = self.client_idle_timeout
         read = self.read_timeout
+        head_limit = self.client_header_timeout
         for d in list(self.connections):
             ex = d.current
             if ex is None:
-                if now - d.last_activity > idle:
+                started = d.head_started
+                if started is not None and now - started > head_limit:
+                    # A head still incomplete after client_header_seconds (slowloris).
+                    self.reject_local(d, None, 408, "request head not received in time")
+                elif now - d.last_activity > idle:
                     d.close()
             elif ex.conn is not None and not ex.finished and now - ex.last_activity > read:
                 self._timed_out(ex)
-        self._sweeper = self.loop.call_later(min(1.0, idle / 4, read / 4), self._sweep)
+        self._sweeper = self.loop.call_later(
+            min(1.0, idle / 4, read / 4, head_limit / 4), self._sweep
+        )
 
     @property
     def port(self) -> int:
@@ -741,6 +824,8 @@ class ProxyServer:
             parts = _rebuild_without(parts, conn_tokens - {b"host"})
         if ex.req_chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
+        if not ex.has_host:  # HTTP/1.0 may omit Host; the HTTP/1.1 request upstream needs one
+            parts.append(self.host_header)
         if trace is not None:
             parts.append(trace)
         parts.append(_CRLF)
@@ -1027,7 +1112,8 @@ class ProxyServer:
             ex.down.linger(LINGER_SECONDS)
 
 
-_REASONS = {400: b"Bad Request", 413: b"Content Too Large", 501: b"Not Implemented",
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Content Too Large",
+            414: b"URI Too Long", 431: b"Request Header Fields Too Large", 501: b"Not Implemented",
             502: b"Bad Gateway", 504: b"Gateway Timeout"}  # fmt: skip
 
 
