@@ -152,3 +152,198 @@ DEFAULT_PREDICTION_BUCKETS: Final = tuple(round(i * 0.1, 1) for i in range(1, 11
 
 DEFAULT_SIDECAR_LISTEN: Final = "127.0.0.1:8000"
 DEFAULT_METRICS_LISTEN: Final = "127.0.0.1:9400"
+
+# --- drift job (issue 3) -------------------------------------------------------
+LABEL_METHOD: Final = "method"
+LABEL_DATASET: Final = "dataset"
+LABEL_RESULT: Final = "result"
+LABEL_METRIC: Final = "metric"
+
+DRIFT_SCORE: Final = metric("drift_score")
+DRIFT_DETECTED: Final = metric("drift_detected")
+"""Gauge 0/1 per ``{model, feature}``: the feature drifted in the last run."""
+DRIFT_THRESHOLD: Final = metric("drift_threshold")
+DATASET_DRIFT_SHARE: Final = metric("dataset_drift_share")
+DATASET_DRIFT_DETECTED: Final = metric("dataset_drift_detected")
+"""Gauge 0/1 per ``{model}``: the share of drifted features reached ``drift.drift_share``."""
+DRIFT_ROWS: Final = metric("drift_rows")
+DRIFT_RUNS_TOTAL: Final = metric("drift_runs_total")
+"""Counter per ``{model, result}``; ``result`` is ``success`` or ``failure``."""
+DRIFT_LAST_SUCCESS_TIMESTAMP_SECONDS: Final = metric("drift_last_success_timestamp_seconds")
+DRIFT_RUN_DURATION_SECONDS: Final = metric("drift_run_duration_seconds")
+MODEL_QUALITY: Final = metric("model_quality")
+"""Gauge per ``{model, metric}`` (accuracy, f1, roc_auc, mae, ...) from delayed labels."""
+MODEL_QUALITY_ROWS: Final = metric("model_quality_rows")
+
+DATASET_REFERENCE: Final = "reference"
+DATASET_CURRENT: Final = "current"
+DRIFT_RESULT_SUCCESS: Final = "success"
+DRIFT_RESULT_FAILURE: Final = "failure"
+
+# --- GPU health (issue 7; dcgm-exporter field names in docs/metrics.md) ----------
+LABEL_GPU: Final = "gpu"
+"""GPU index as NVML numbers it (``"0"``)."""
+LABEL_UUID: Final = "uuid"
+LABEL_GPU_NAME: Final = "name"
+"""Product name, e.g. ``NVIDIA H100 80GB HBM3``."""
+LABEL_XID: Final = "xid"
+LABEL_ERROR_TYPE: Final = "error_type"
+LABEL_SCOPE: Final = "scope"
+
+GPU_UP: Final = metric("gpu_up")
+"""1 when the last NVML read of the GPU succeeded; 0 on a timeout or error (then no other
+series of that GPU is exported), or, with a ``reason`` and no ``gpu``, without a driver."""
+GPU_UTILIZATION_RATIO: Final = metric("gpu_utilization_ratio")
+GPU_MEMORY_UTILIZATION_RATIO: Final = metric("gpu_memory_utilization_ratio")
+GPU_MEMORY_USED_BYTES: Final = metric("gpu_memory_used_bytes")
+GPU_MEMORY_TOTAL_BYTES: Final = metric("gpu_memory_total_bytes")
+GPU_TEMPERATURE_CELSIUS: Final = metric("gpu_temperature_celsius")
+GPU_POWER_WATTS: Final = metric("gpu_power_watts")
+GPU_POWER_LIMIT_WATTS: Final = metric("gpu_power_limit_watts")
+GPU_SM_CLOCK_HERTZ: Final = metric("gpu_sm_clock_hertz")
+GPU_MEMORY_CLOCK_HERTZ: Final = metric("gpu_memory_clock_hertz")
+GPU_THROTTLE_REASON: Final = metric("gpu_throttle_reason")
+"""Gauge 0/1 per ``{gpu, reason}``: the clock-event (throttle) reason is active now."""
+GPU_ECC_ERRORS_TOTAL: Final = metric("gpu_ecc_errors_total")
+"""Counter per ``{gpu, error_type, scope}``: corrected | uncorrected, volatile | aggregate."""
+GPU_RETIRED_PAGES: Final = metric("gpu_retired_pages")
+GPU_REMAPPED_ROWS: Final = metric("gpu_remapped_rows")
+GPU_XID_ERRORS_TOTAL: Final = metric("gpu_xid_errors_total")
+"""Counter per ``{gpu, xid}``, one per NVML XID event (two identical XIDs count twice)."""
+GPU_PCIE_REPLAY_TOTAL: Final = metric("gpu_pcie_replay_total")
+GPU_NVLINK_ERRORS_TOTAL: Final = metric("gpu_nvlink_errors_total")
+GPU_NVML_ERRORS_TOTAL: Final = metric("gpu_nvml_errors_total")
+
+GPU_REASON_NO_DRIVER: Final = "no_driver"
+GPU_REASON_NO_DEVICE: Final = "no_device"
+GPU_ABSENT_REASONS: Final = (GPU_REASON_NO_DRIVER, GPU_REASON_NO_DEVICE)
+"""``mlmon_gpu_up{reason}`` values of a machine without GPUs: not a GPU failure."""
+
+THROTTLE_SW_THERMAL: Final = "sw_thermal"
+THROTTLE_HW_THERMAL: Final = "hw_thermal"
+THROTTLE_SW_POWER_CAP: Final = "sw_power_cap"
+THROTTLE_HW_POWER_BRAKE: Final = "hw_power_brake"
+THROTTLE_HW_SLOWDOWN: Final = "hw_slowdown"
+THROTTLE_SYNC_BOOST: Final = "sync_boost"
+THROTTLE_GPU_IDLE: Final = "gpu_idle"
+THROTTLE_APPLICATIONS_CLOCKS: Final = "applications_clocks"
+THROTTLE_THERMAL_POWER: Final = (
+    THROTTLE_SW_THERMAL,
+    THROTTLE_HW_THERMAL,
+    THROTTLE_SW_POWER_CAP,
+    THROTTLE_HW_POWER_BRAKE,
+)
+"""Throttle reasons that cost throughput because of heat or power (NVML
+``clocksEventReason*``); idle, sync boost and application clocks are not alarming."""
+
+ECC_CORRECTED: Final = "corrected"
+ECC_UNCORRECTED: Final = "uncorrected"
+ECC_VOLATILE: Final = "volatile"
+ECC_AGGREGATE: Final = "aggregate"
+
+# --- golden-set canary and model versions (issue 7) ----------------------------
+LABEL_REPLICA: Final = "replica"
+LABEL_FINGERPRINT: Final = "fingerprint"
+
+CANARY_CHECKS_TOTAL: Final = metric("canary_checks_total")
+"""Counter per ``{model, replica, result}``; ``result`` is ``pass``, ``fail`` or ``error``."""
+CANARY_MAX_ABS_ERROR: Final = metric("canary_max_abs_error")
+CANARY_LAST_SUCCESS_TIMESTAMP_SECONDS: Final = metric("canary_last_success_timestamp_seconds")
+
+CANARY_PASS: Final = "pass"
+CANARY_FAIL: Final = "fail"
+CANARY_ERROR: Final = "error"
+
+# --- mitigator and sidecar control (issue 6) -----------------------------------
+LABEL_POLICY: Final = "policy"
+LABEL_ACTION: Final = "action"
+LABEL_UPSTREAM: Final = "upstream"
+
+MITIGATION_ACTIONS_TOTAL: Final = metric("mitigation_actions_total")
+"""Counter per ``{policy, action, outcome}``; ``outcome`` is ``success``, ``failure`` or
+``dry_run``."""
+MITIGATION_ACTION_DURATION_SECONDS: Final = metric("mitigation_action_duration_seconds")
+WEBHOOK_NOTIFICATIONS_TOTAL: Final = metric("webhook_notifications_total")
+WEBHOOK_DUPLICATES_TOTAL: Final = metric("webhook_duplicates_total")
+ROUTE_WEIGHT: Final = metric("route_weight")
+QUARANTINED: Final = metric("quarantined")
+REQUESTS_SHED_TOTAL: Final = metric("requests_shed_total")
+
+MITIGATION_SUCCESS: Final = "success"
+MITIGATION_FAILURE: Final = "failure"
+MITIGATION_DRY_RUN: Final = "dry_run"
+
+# --- Prometheus target labels and metrics ----------------------------------------
+LABEL_JOB: Final = "job"
+LABEL_INSTANCE: Final = "instance"
+LABEL_LE: Final = "le"
+UP: Final = "up"
+"""Prometheus' own per-target scrape health series."""
+
+# --- alerts --------------------------------------------------------------------
+LABEL_ALERTNAME: Final = "alertname"
+LABEL_SEVERITY: Final = "severity"
+LABEL_SLO: Final = "slo"
+LABEL_MITIGATION: Final = "mitigation"
+"""Alert label naming the spec's mitigation policy that handles the alert."""
+
+SEVERITY_PAGE: Final = "page"
+SEVERITY_TICKET: Final = "ticket"
+SEVERITY_INFO: Final = "info"
+SEVERITIES: Final = (SEVERITY_PAGE, SEVERITY_TICKET, SEVERITY_INFO)
+"""``page``: wake someone now; ``ticket``: fix within working hours; ``info``: context
+shown with other alerts, routed nowhere by itself."""
+
+ALERT_SIDECAR_DOWN: Final = "SidecarDown"
+ALERT_SIDECAR_ABSENT: Final = "SidecarAbsent"
+ALERT_MODEL_TELEMETRY_MISSING: Final = "ModelTelemetryMissing"
+ALERT_UPSTREAM_NOT_READY: Final = "UpstreamNotReady"
+ALERT_ERROR_BUDGET_BURN: Final = "ErrorBudgetBurn"
+ALERT_LATENCY_BUDGET_BURN: Final = "LatencyBudgetBurn"
+ALERT_LATENCY_HISTOGRAM_SATURATED: Final = "LatencyHistogramSaturated"
+ALERT_FEATURE_COVERAGE_LOW: Final = "FeatureCoverageLow"
+ALERT_UNEXPECTED_FEATURES: Final = "UnexpectedFeatures"
+ALERT_PAYLOAD_PARSE_ERRORS: Final = "PayloadParseErrors"
+ALERT_CAPTURE_DROPPING_ROWS: Final = "CaptureDroppingRows"
+ALERT_DATASET_DRIFT_DETECTED: Final = "DatasetDriftDetected"
+ALERT_FEATURE_DRIFT: Final = "FeatureDrift"
+ALERT_DRIFT_JOB_STALE: Final = "DriftJobStale"
+ALERT_DRIFT_JOB_FAILING: Final = "DriftJobFailing"
+ALERT_MODEL_QUALITY_LOW: Final = "ModelQualityLow"
+ALERT_MODEL_VERSION_SKEW: Final = "ModelVersionSkew"
+ALERT_CANARY_FAILING: Final = "CanaryFailing"
+ALERT_GPU_DOWN: Final = "GPUDown"
+ALERT_GPU_EXPORTER_DOWN: Final = "GPUExporterDown"
+ALERT_GPU_XID_ERRORS: Final = "GPUXidErrors"
+ALERT_GPU_UNCORRECTABLE_ECC: Final = "GPUUncorrectableECC"
+ALERT_GPU_THROTTLING: Final = "GPUThrottling"
+ALERT_GPU_MEMORY_NEAR_FULL: Final = "GPUMemoryNearFull"
+ALERT_MITIGATION_FAILING: Final = "MitigationFailing"
+
+
+def runbook_url(base: str, alertname: str) -> str:
+    """``<base>/<AlertName>.md``: the runbook of an alert (``docs/runbooks`` in this repo)."""
+    return f"{base.rstrip('/')}/{alertname}.md"
+
+
+# --- recording rules (``level:metric:operations``; labels ``model`` and ``slo``) ------
+SLO_RATIO_WINDOWS: Final = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
+"""Fixed windows of the recorded SLI error ratios: every short and long window of the
+multi-window burn-rate alerts (SRE workbook, "Alerting on SLOs")."""
+SLO_BAD_EVENTS_RATE5M: Final = "model_slo:sli_bad_events:rate5m"
+"""Bad events per second over 5 m (errors, or requests slower than the threshold)."""
+SLO_EVENTS_RATE5M: Final = "model_slo:sli_events:rate5m"
+"""Events per second over 5 m that the SLI judges (its denominator)."""
+SLO_ERROR_RATIO: Final = {w: f"model_slo:sli_error:ratio_rate{w}" for w in SLO_RATIO_WINDOWS}
+"""Bad over all events per fixed window, e.g. ``SLO_ERROR_RATIO["1h"]``."""
+SLO_ERROR_RATIO_WINDOW: Final = "model_slo:sli_error:ratio_window"
+"""Bad over all events over the SLO's compliance window (a ratio of sums, case C22)."""
+SLO_OBJECTIVE: Final = "model_slo:objective:ratio"
+SLO_ERROR_BUDGET: Final = "model_slo:error_budget:ratio"
+"""``1 - objective``."""
+SLO_ERROR_BUDGET_REMAINING: Final = "model_slo:error_budget_remaining:ratio"
+"""Share of the window's error budget left: 1 untouched, 0 spent, below 0 overspent."""
+SLO_CURRENT_BURN_RATE: Final = "model_slo:current_burn_rate:ratio"
+"""Error ratio over 5 m divided by the error budget (1 = spending exactly the budget)."""
+LATENCY_SATURATION_RATIO: Final = "model:mlmon_request_duration_seconds:saturation_ratio_rate5m"
+"""Share of requests slower than the top finite latency bucket (case C20)."""

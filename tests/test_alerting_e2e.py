@@ -1,0 +1,254 @@
+"""The alerting chain for real: a real Prometheus scrapes a real sidecar in front of a
+scripted upstream that fails half the requests, evaluates the generated burn-rate
+rules (windows shortened by ``time_scale``), and a real Alertmanager, configured by
+the generated config, delivers the ErrorBudgetBurn page to a local webhook receiver,
+and to the mitigator webhook with its bearer token, because a mitigation policy
+matches the alert."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from monitor import conventions as c
+from monitor.alertmanager import build_alertmanager_config
+from monitor.generate import to_yaml
+from monitor.procs import ManagedProcess, free_ports
+from monitor.rules import build_rules
+from monitor.spec import load_spec
+from tests.support import FaultServer, SidecarProc, write_spec
+
+TIME_SCALE = 60.0
+"""1 h becomes 1 min: the fast page's windows (1 h and 5 m) become 60 s and 5 s, which
+a 1 s scrape and evaluation interval resolve; its ``for:`` shrinks the same way."""
+DEADLINE_S = 60.0
+"""Bound on the whole chain, from the first request to the page at the receiver."""
+TOKEN = "e2e-s3cret"
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def require_tool(name: str) -> str:
+    """Path of a Debian-packaged tool; skip when missing, fail under ``$CI``."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI: {name} missing (make system-deps installs it)")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that records every notification it gets."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, str | None, dict[str, Any]]] = []
+        self.changed = threading.Condition()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.changed:
+                    outer.received.append((self.path, self.headers.get("Authorization"), body))
+                    outer.changed.notify_all()
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # keep the test output clean
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    @contextmanager
+    def running(self) -> Iterator[Receiver]:
+        thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self.server.shutdown()
+            self.server.server_close()
+            thread.join(5)
+
+    def firing(self, path: str, alertname: str) -> tuple[str | None, dict[str, Any]] | None:
+        """The first firing notification on ``path`` that carries ``alertname``."""
+        for got_path, auth, body in self.received:
+            if got_path == path and body.get("status") == "firing":
+                for alert in body["alerts"]:
+                    if alert["labels"].get("alertname") == alertname:
+                        return auth, alert
+        return None
+
+
+def _get(url: str) -> str:
+    """The body at ``url``, or why there is none (for failure messages only)."""
+    try:
+        with _OPENER.open(url, timeout=5) as resp:
+            return str(resp.read().decode(errors="replace"))
+    except OSError as exc:
+        return f"<GET {url} failed: {exc}>"
+
+
+def _traffic(url: str, stop: threading.Event) -> None:
+    """Half the inference requests fail upstream (500), about 40 requests a second."""
+    body = json.dumps(
+        {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [1.0, 2.0]}]}
+    ).encode()
+    i = 0
+    while not stop.is_set():
+        query = "?status=500" if i % 2 else ""
+        req = urllib.request.Request(
+            f"{url}/v2/models/m/infer{query}",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with _OPENER.open(req, timeout=5) as resp:
+                resp.read()
+        except urllib.error.HTTPError as exc:
+            exc.close()
+        except OSError:
+            pass
+        i += 1
+        stop.wait(0.025)
+
+
+@pytest.mark.timeout(150)
+def test_a_burning_error_budget_pages_through_prometheus_and_alertmanager(tmp_path: Path) -> None:
+    prometheus = require_tool("prometheus")
+    alertmanager = require_tool("prometheus-alertmanager")
+    t0 = time.monotonic()
+    receiver = Receiver()
+    token_file = tmp_path / "mitigator.token"
+    token_file.write_text(TOKEN + "\n")
+    prom_port, am_port = free_ports(2)
+
+    with ExitStack() as stack:
+        stack.enter_context(receiver.running())
+        fault = stack.enter_context(FaultServer(tmp_path))
+        spec_path = write_spec(tmp_path / "monitor.yaml", fault.url)
+        data = yaml.safe_load(spec_path.read_text())
+        data["slos"] = [{"name": "availability", "model": "m", "objective": 0.999}]
+        data["alerting"] = {
+            "pager": {"webhook_url": f"{receiver.url}/page"},
+            "ticket": {"webhook_url": f"{receiver.url}/ticket"},
+            "mitigator_url": f"{receiver.url}/mitigator",
+            "mitigator_credentials_file": str(token_file),
+        }
+        data["mitigations"] = [
+            {
+                "name": "shift-to-fallback",
+                "match": {"alertname": c.ALERT_ERROR_BUDGET_BURN, "severity": c.SEVERITY_PAGE},
+                "action": {"type": "sidecar", "op": "route", "fallback_weight": 1.0},
+            }
+        ]
+        spec_path.write_text(yaml.safe_dump(data))
+        spec = load_spec(spec_path)
+        sidecar = stack.enter_context(SidecarProc(spec_path, "m", tmp_path))
+
+        rules = tmp_path / "rules.yml"
+        rules.write_text(to_yaml(build_rules(spec, time_scale=TIME_SCALE), "e2e"))
+        am_cfg = tmp_path / "alertmanager.yml"
+        am_cfg.write_text(to_yaml(build_alertmanager_config(spec, time_scale=TIME_SCALE), "e2e"))
+        prom_cfg = tmp_path / "prometheus.yml"
+        prom_cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "rule_files": [str(rules)],
+                    "alerting": {
+                        "alertmanagers": [
+                            {"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}
+                        ]
+                    },
+                    "scrape_configs": [
+                        {
+                            "job_name": spec.alerting.sidecar_job,
+                            "static_configs": [{"targets": [f"127.0.0.1:{sidecar.metrics_port}"]}],
+                        }
+                    ],
+                }
+            )
+        )
+        am = stack.enter_context(
+            ManagedProcess(
+                [
+                    alertmanager,
+                    f"--config.file={am_cfg}",
+                    f"--storage.path={tmp_path / 'am-data'}",
+                    f"--web.listen-address=127.0.0.1:{am_port}",
+                    "--cluster.listen-address=",
+                ],
+                ready_url=f"http://127.0.0.1:{am_port}/-/ready",
+                log_path=tmp_path / "alertmanager.log",
+                name="alertmanager",
+                ready_timeout_s=30,
+            )
+        )
+        prom = stack.enter_context(
+            ManagedProcess(
+                [
+                    prometheus,
+                    f"--config.file={prom_cfg}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}",
+                ],
+                ready_url=f"http://127.0.0.1:{prom_port}/-/ready",
+                log_path=tmp_path / "prometheus.log",
+                name="prometheus",
+                ready_timeout_s=30,
+            )
+        )
+        started = time.monotonic()
+        stop = threading.Event()
+        traffic = threading.Thread(target=_traffic, args=(sidecar.url, stop), daemon=True)
+        traffic.start()
+        stack.callback(traffic.join, 10)
+        stack.callback(stop.set)
+
+        alert = c.ALERT_ERROR_BUDGET_BURN
+        with receiver.changed:
+            receiver.changed.wait_for(
+                lambda: receiver.firing("/page", alert) and receiver.firing("/mitigator", alert),
+                timeout=DEADLINE_S - (started - t0),
+            )
+            page = receiver.firing("/page", alert)
+            mitigation = receiver.firing("/mitigator", alert)
+        paged_s = time.monotonic() - started
+        diagnosis = (
+            f"after {paged_s:.1f}s the receiver got {receiver.received!r}\n"
+            f"--- Prometheus alerts: {_get(f'http://127.0.0.1:{prom_port}/api/v1/alerts')}\n"
+            f"--- Prometheus targets: {_get(f'http://127.0.0.1:{prom_port}/api/v1/targets')}\n"
+            f"--- Prometheus log:\n{prom.log_tail()}\n--- Alertmanager log:\n{am.log_tail()}"
+        )
+
+    assert page is not None, diagnosis
+    _, page_alert = page
+    assert page_alert["status"] == "firing"
+    labels = page_alert["labels"]
+    assert labels["model"] == "m"
+    assert labels[c.LABEL_SLO] == "availability"
+    assert labels[c.LABEL_SEVERITY] == c.SEVERITY_PAGE
+    assert labels[c.LABEL_MITIGATION] == "shift-to-fallback"
+    assert mitigation is not None, diagnosis
+    auth, _ = mitigation
+    assert auth == f"Bearer {TOKEN}"
+    print(
+        f"\nErrorBudgetBurn paged {paged_s:.1f}s after the first request, "
+        f"{time.monotonic() - t0:.1f}s in all"
+    )
