@@ -124,3 +124,26 @@ def test_exemplars_carry_the_trace_id_in_openmetrics() -> None:
     text = generate_latest(reg).decode()
     line = next(ln for ln in text.splitlines() if 'le="0.1"' in ln)
     assert '# {trace_id="4bf92f3577b34da6a3ce929d0e0e4736"} 0.05' in line
+
+
+class _Trace:
+    def __init__(self, hex_id: str) -> None:
+        self.trace_id_hex = hex_id
+
+
+def test_a_bucket_takes_at_most_one_trace_exemplar_per_second() -> None:
+    from prometheus_client.openmetrics.exposition import generate_latest
+
+    m, reg = make(latency_buckets=[0.1, 1.0])
+    m.observe_request("m", "/r", 200, "ok", 0.05, _Trace("a" * 32), now=100.0)
+    m.observe_request(
+        "m", "/r", 200, "ok", 0.06, _Trace("b" * 32), now=100.5
+    )  # same bucket, too soon
+    m.observe_request(
+        "m", "/r", 200, "ok", 0.5, _Trace("c" * 32), now=100.5
+    )  # another bucket: kept
+    text = generate_latest(reg).decode()
+    assert f'trace_id="{"a" * 32}"' in text and f'trace_id="{"b" * 32}"' not in text
+    assert f'trace_id="{"c" * 32}"' in text
+    m.observe_request("m", "/r", 200, "ok", 0.07, _Trace("d" * 32), now=101.0)  # a second later
+    assert f'trace_id="{"d" * 32}"' in generate_latest(reg).decode()

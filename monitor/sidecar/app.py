@@ -160,11 +160,14 @@ class Instrumentation:
             ):
                 metrics.set_version(preds.version)
         trace = ex.span
-        exemplar = None
-        if trace is not None and trace.sampled:
-            exemplar = {"trace_id": trace.trace_id_hex}
         metrics.observe_request(
-            ex.model_label, ex.route, ex.status, ex.outcome, ex.t_end - ex.t_start, exemplar
+            ex.model_label,
+            ex.route,
+            ex.status,
+            ex.outcome,
+            ex.t_end - ex.t_start,
+            trace if trace is not None and trace.sampled else None,
+            ex.t_end,
         )
         self._inflight.dec()
         if ex.streamed and ex.t_head:

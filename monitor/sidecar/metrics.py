@@ -54,25 +54,42 @@ class _CoverageCollector(Collector):
         yield fam
 
 
+EXEMPLAR_INTERVAL_SECONDS = 1.0
+"""Shortest time between two exemplars of one histogram bucket."""
+
+
 class _Series:
     """One label set of a histogram: per-bucket counts (not cumulative), the sum,
     and the last exemplar per bucket."""
 
-    __slots__ = ("bounds", "counts", "exemplars", "sum")
+    __slots__ = ("bounds", "counts", "exemplar_due", "exemplars", "sum")
 
     def __init__(self, bounds: list[float]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.exemplars: list[Exemplar | None] = [None] * (len(bounds) + 1)
+        self.exemplar_due = [0.0] * (len(bounds) + 1)
         self.sum = 0.0
 
-    def observe(self, value: float, exemplar: dict[str, str] | None = None) -> None:
-        """Observe ``value`` (le is inclusive: a value equal to a bound lands in it)."""
+    def observe(self, value: float, exemplar: Any = None, now: float = 0.0) -> None:
+        """Observe ``value`` (le is inclusive: a value equal to a bound lands in it).
+
+        ``exemplar``: a label dict, or a trace with ``trace_id_hex`` (then at most one
+        exemplar per bucket per ``EXEMPLAR_INTERVAL_SECONDS`` of ``now``, a monotonic
+        clock: a scrape shows one exemplar per bucket, so making one per request is
+        wasted work, while a rare slow bucket still gets the first trace that lands
+        in it).
+        """
         i = bisect_left(self.bounds, value)
         self.counts[i] += 1
         self.sum += value
-        if exemplar is not None:
+        if exemplar is None:
+            return
+        if type(exemplar) is dict:
             self.exemplars[i] = Exemplar(exemplar, value, time.time())
+        elif now >= self.exemplar_due[i]:
+            self.exemplar_due[i] = now + EXEMPLAR_INTERVAL_SECONDS
+            self.exemplars[i] = Exemplar({"trace_id": exemplar.trace_id_hex}, value, time.time())
 
 
 class _FastHistogram(Collector):
@@ -321,16 +338,21 @@ class SidecarMetrics:
         status: int,
         outcome: str,
         duration: float,
-        exemplar: dict[str, str] | None,
+        exemplar: Any,
+        now: float = 0.0,
     ) -> None:
-        """Count one finished request and observe its duration (seconds)."""
+        """Count one finished request and observe its duration (seconds).
+
+        ``exemplar``: a label dict, a sampled trace (``trace_id_hex``), or None;
+        ``now``: a monotonic clock for the per-bucket exemplar interval.
+        """
         version = self.version if model == self.name else ""
         self.requests.inc((model, version, route, status, outcome))
         key = (model, version, route, outcome)
         series = self._dur_children.get(key)
         if series is None:
             series = self._dur_children[key] = self.duration.child(*key)
-        series.observe(duration, exemplar)
+        series.observe(duration, exemplar, now)
 
     def observe_ttfb(self, model: str, route: str, seconds: float) -> None:
         """Observe the time to the response head of a streamed response (seconds)."""
