@@ -186,6 +186,10 @@ def run_demo(
         with sidecar:
             _say(f"      sidecar ready in {sidecar.startup_s:.1f} s (pid {sidecar.pid})")
             _say(f"[4/6] sending {requests} requests with tritonclient through the sidecar")
+            _say(
+                "      1 row in 20 on purpose has mean_radius x100 (out of range), 1 in 20 a null"
+                " value,\n      and 1 in 20 only 29 columns, which MLServer answers with a 500"
+            )
             client = triton.InferenceServerClient(url=f"127.0.0.1:{port}")
             rng = np.random.default_rng(0)
             x = np.asarray(model.x_test, dtype=np.float64)
@@ -236,7 +240,7 @@ def _print_report(samples: list[tuple[str, dict[str, str], float]]) -> None:
         if n == c.REQUESTS_TOTAL:
             key = (lab["outcome"], lab["code"])
             by_outcome[key] = by_outcome.get(key, 0) + v
-    _say("      requests by outcome and code:")
+    _say("      requests by outcome and code (the 500s are the 29-column rows):")
     for (outcome, code), v in sorted(by_outcome.items()):
         _say(f"        {outcome:<14} {code:>4}  {int(v)}")
     buckets: dict[float, float] = {}
@@ -270,7 +274,8 @@ def _print_report(samples: list[tuple[str, dict[str, str], float]]) -> None:
     preds = {lab["class"]: int(v) for n, lab, v in samples if n == c.PREDICTIONS_TOTAL}
     _say(f"      predictions by class: {preds}")
     _say(
-        f"      captured rows: {int(_total(samples, c.CAPTURE_ROWS_TOTAL))} "
+        f"      captured rows (every inference request, answered or not): "
+        f"{int(_total(samples, c.CAPTURE_ROWS_TOTAL))} "
         f"in {int(_total(samples, c.CAPTURE_FILES_TOTAL))} Parquet file(s); "
         f"dropped: {int(_total(samples, c.CAPTURE_DROPPED_ROWS_TOTAL))}"
     )

@@ -30,7 +30,7 @@ def test_the_demo_exits_0_prints_exact_counts_and_leaves_no_process(tmp_path: Pa
     assert re.search(r"ok\s+200\s+38\b", out), out
     assert re.search(r"server_error\s+500\s+2\b", out), out
     assert re.search(r"mean_radius\s+coverage\s+[\d.]+%\s+\{.*'out_of_range': 2", out), out
-    assert "captured rows: 40 " in out
+    assert "captured rows (every inference request, answered or not): 40 " in out
     assert (tmp_path / "capture").is_dir()
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", out)]
     assert len(pids) == 2  # MLServer and the sidecar, as the demo printed them
