@@ -11,7 +11,7 @@ SERVERS := $(VENV)/servers
 DEB_PACKAGES := prometheus prometheus-alertmanager nginx-light wrk
 PYTEST_ARGS ?=
 
-.PHONY: help venv servers system-deps test lint format demo bench soak clean
+.PHONY: help venv servers system-deps test lint format generate demo bench soak clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,6 +55,9 @@ lint: venv ## ruff (lint + format check) and mypy
 format: venv ## Format the code with ruff
 	$(BIN)/ruff format monitor tests benchmarks
 	$(BIN)/ruff check --fix monitor tests benchmarks
+
+generate: venv ## Regenerate alerts/ from deploy/monitor.yaml
+	$(BIN)/monitor generate --config deploy/monitor.yaml --out .
 
 demo: venv servers system-deps ## Set up everything, then run the demo
 	$(BIN)/monitor demo

@@ -58,9 +58,9 @@ _TARGET_DOWN_ALERTS: Final = (
 # Timing, in seconds before ``time_scale`` (Alertmanager's own defaults are
 # group_wait 30s, group_interval 5m, repeat_interval 4h: docs/configuration.md).
 _GROUP_WAIT_S: Final = 30.0
-"""Wait for the rest of a group before its first notification: the page and ticket
-burn-rate alerts of one model usually start within seconds of each other, and one
-notification naming both beats two (Alertmanager's default)."""
+"""Wait for the rest of a group before its first notification (Alertmanager's
+default): alerts of one name and model that start together (several replicas' or
+SLOs') arrive as one notification instead of several."""
 _GROUP_INTERVAL_S: Final = 300.0
 """A group that gains or loses alerts notifies again after this (the default): new
 bad news within 5 m, but no storm while a model's alerts flap one by one."""
@@ -144,9 +144,11 @@ def build_alertmanager_config(spec: MonitorSpec, *, time_scale: float = 1.0) -> 
         time_scale: divide every wait and repeat interval by this (tests run the
             whole chain in seconds with the rules' ``time_scale``); 1 in production.
 
-    File paths (credentials, routing keys, Slack URLs) are written as the spec
-    gives them; Alertmanager resolves relative ones against the directory of the
-    configuration file.
+    File paths are written as the spec gives them. Alertmanager resolves a relative
+    ``http_config`` path (the mitigator's ``credentials_file``) against the directory
+    of the configuration file, but reads ``routing_key_file`` (PagerDuty) and
+    ``api_url_file`` (Slack) as given, relative to its working directory: give those
+    two as absolute paths.
     """
     if time_scale <= 0:
         raise ValueError("time_scale must be > 0")

@@ -135,7 +135,8 @@ def alert_files(spec: MonitorSpec, source: str) -> Files:
             source,
             (
                 regenerate,
-                "Relative file paths below resolve against this file's directory.",
+                "credentials_file paths resolve against this file's directory; "
+                "routing_key_file and api_url_file are read as given: make them absolute.",
             ),
         ),
     }

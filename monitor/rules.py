@@ -48,7 +48,6 @@ from monitor.spec import ModelSpec, MonitorSpec, SLOSpec
 
 __all__ = [
     "ALERTS",
-    "LATENCY_SATURATION_MAX_RATIO",
     "AlertDef",
     "BurnWindow",
     "alert_def",
@@ -58,9 +57,6 @@ __all__ = [
     "mitigation_for",
 ]
 
-LATENCY_SATURATION_MAX_RATIO = 0.01
-"""Share of requests above the top finite latency bucket that alerts (case C20: 1 %).
-Not a spec field yet: the same for every model."""
 
 _DAY = 86_400
 _RATE_WINDOW = 900
@@ -746,6 +742,7 @@ class _Builder:
         rules.append(self.alert(c.ALERT_UPSTREAM_NOT_READY, f"{upstream} == 0", lm))
 
         top = _le(model, model.latency_buckets[-1])
+        saturation = self.spec.alerting.max_latency_saturation_ratio
         dur = c.REQUEST_DURATION_SECONDS
         w5 = self.d(300)
         rules.append(
@@ -759,11 +756,11 @@ class _Builder:
         rules.append(
             self.alert(
                 c.ALERT_LATENCY_HISTOGRAM_SATURATED,
-                f"{_sel(c.LATENCY_SATURATION_RATIO, lm)} > {_num(LATENCY_SATURATION_MAX_RATIO)}",
+                f"{_sel(c.LATENCY_SATURATION_RATIO, lm)} > {_num(saturation)}",
                 lm,
                 top=f"{model.latency_buckets[-1]:g}s",
                 window=w5,
-                threshold=_pct(LATENCY_SATURATION_MAX_RATIO),
+                threshold=_pct(saturation),
             )
         )
 

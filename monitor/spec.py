@@ -418,9 +418,10 @@ class ReceiverSpec(_Model):
     webhook_url: str | None = None
     """A generic webhook (Alertmanager ``webhook_configs``)."""
     pagerduty_routing_key_file: str | None = None
-    """File holding a PagerDuty Events v2 routing key."""
+    """File holding a PagerDuty Events v2 routing key (absolute path: Alertmanager
+    reads it relative to its working directory)."""
     slack_api_url_file: str | None = None
-    """File holding a Slack incoming-webhook URL."""
+    """File holding a Slack incoming-webhook URL (absolute path, as above)."""
     slack_channel: str | None = None
     """Slack channel, e.g. ``#ml-alerts``."""
 
@@ -449,6 +450,9 @@ class AlertingSpec(_Model):
     ``min_coverage`` overrides it (default 0.95)."""
     max_payload_error_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01
     """Share of inference requests the sidecar cannot parse, over 15 m (default 1 %)."""
+    max_latency_saturation_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01
+    """Share of requests slower than the top finite latency bucket, over 5 m, above
+    which ``LatencyHistogramSaturated`` fires (default 1 %; case C20)."""
     max_capture_drop_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01
     """Share of captured rows dropped, over 15 m (default 1 %)."""
     gpu_memory_max_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
@@ -463,7 +467,8 @@ class AlertingSpec(_Model):
     """Webhook URL of ``monitor mitigator`` (``http://host:port/v1/alerts``); alerts that
     carry a ``mitigation`` label also go there."""
     mitigator_credentials_file: str | None = None
-    """File holding the bearer token Alertmanager sends to the mitigator."""
+    """File holding the bearer token Alertmanager sends to the mitigator; a relative
+    path resolves against the directory of the generated alertmanager.yml."""
 
 
 class DriftSpec(_Model):

@@ -6,6 +6,8 @@
 * docs/metrics.md's table lists exactly the metric families a sidecar registers, with
   their types and labels, and every bounded label value and route template.
 * docs/sidecar.md names every CLI option of ``monitor sidecar``.
+* docs/alerting.md's catalogue table names every alert of ``monitor.conventions``, each
+  with a link to its runbook, and every runbook link resolves to a file.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ DOCS = ROOT / "docs"
 SPEC_MD = (DOCS / "spec.md").read_text(encoding="utf-8")
 METRICS_MD = (DOCS / "metrics.md").read_text(encoding="utf-8")
 SIDECAR_MD = (DOCS / "sidecar.md").read_text(encoding="utf-8")
+ALERTING_MD = (DOCS / "alerting.md").read_text(encoding="utf-8")
 
 _TICKED = re.compile(r"`([^`]+)`")
 
@@ -405,3 +408,57 @@ def test_sidecar_md_documents_every_cli_option(option: str) -> None:
 )
 def test_sidecar_md_documents_every_metrics_port_endpoint(endpoint: str) -> None:
     assert f"`GET {endpoint}`" in SIDECAR_MD
+
+
+# --- docs/alerting.md ------------------------------------------------------------
+
+_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+ALERT_NAMES = sorted(
+    {v for k, v in vars(c).items() if k.startswith("ALERT_") and isinstance(v, str)}
+)
+
+
+def _catalogue_links() -> list[tuple[str, str]]:
+    """(text, target) of the link in the first cell of each body row of the table under
+    "Alert catalogue"; a first cell without a link fails."""
+    out = []
+    for line in _section(ALERTING_MD, "Alert catalogue", exact=True):
+        if not line.startswith("|") or re.fullmatch(r"\|[\s|:-]+\|", line):
+            continue
+        first = line.strip().strip("|").split("|")[0].strip()
+        if first == "Alert":  # the header row
+            continue
+        m = _LINK.fullmatch(first)
+        assert m is not None, f"the first cell of a catalogue row is not a link: {first!r}"
+        out.append((m.group(1), m.group(2)))
+    return out
+
+
+def test_the_alert_names_are_read_from_conventions() -> None:
+    assert c.ALERT_ERROR_BUDGET_BURN in ALERT_NAMES
+    assert c.ALERT_MITIGATION_FAILING in ALERT_NAMES
+
+
+@pytest.mark.parametrize(
+    "alert",
+    [
+        pytest.param(a, id=f"{a} is in the catalogue of alerting.md with a link to its runbook")
+        for a in ALERT_NAMES
+    ],
+)
+def test_alerting_md_catalogue_links_every_alert_to_its_runbook(alert: str) -> None:
+    assert (alert, f"runbooks/{alert}.md") in _catalogue_links(), (
+        f"no catalogue row starting [{alert}](runbooks/{alert}.md) in docs/alerting.md"
+    )
+
+
+def test_every_row_of_the_alerting_md_catalogue_is_an_alert_of_conventions() -> None:
+    unknown = sorted({text for text, _ in _catalogue_links()} - set(ALERT_NAMES))
+    assert not unknown, f"catalogue rows for alerts not in conventions.py: {unknown}"
+
+
+def test_every_runbook_link_in_alerting_md_resolves_to_a_file() -> None:
+    targets = {t.split("#")[0] for _, t in _LINK.findall(ALERTING_MD) if "runbooks/" in t}
+    assert targets, "alerting.md links no runbook"
+    missing = sorted(t for t in targets if not (DOCS / t).is_file())
+    assert not missing, f"runbook links in alerting.md without a file under docs/: {missing}"
