@@ -27,7 +27,8 @@ per value.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
+from itertools import chain, islice, repeat
 from typing import Any
 
 from monitor import conventions as c
@@ -41,60 +42,13 @@ STATE_INDEX = {s: i for i, s in enumerate(c.FEATURE_STATES)}
 
 _PRESENT, _MISSING, _NULL, _WRONG, _RANGE, _UNSEEN = range(6)
 _MAX = sys.float_info.max
+_Spec = tuple[bool, float, float, frozenset[str] | None, list[int]]
 
 
 def _bounds(lo: float | None, hi: float | None) -> tuple[float, float]:
     # Unbounded sides become the largest finite float: one chained comparison then
     # also sends +/-Infinity to out_of_range.
     return (-_MAX if lo is None else lo), (_MAX if hi is None else hi)
-
-
-def _numerical(lo: float | None, hi: float | None) -> Callable[[Sequence[Any], list[int]], None]:
-    lo_, hi_ = _bounds(lo, hi)
-
-    def classify(values: Sequence[Any], counts: list[int]) -> None:
-        for v in values:
-            t = type(v)
-            if t is float or t is int:
-                if v != v:  # NaN
-                    counts[_NULL] += 1
-                elif lo_ <= v <= hi_:
-                    counts[_PRESENT] += 1
-                else:
-                    counts[_RANGE] += 1
-            elif v is None:
-                counts[_NULL] += 1
-            elif v is MISSING:
-                counts[_MISSING] += 1
-            else:  # str, bool, list, dict, ...: bool is an int subclass but not a number here
-                counts[_WRONG] += 1
-
-    return classify
-
-
-def _categorical(categories: list[Any] | None) -> Callable[[Sequence[Any], list[int]], None]:
-    # Compare by string form so that 1, 1.0 and "1" in the payload all match a
-    # declared category 1 or "1" (JSON clients disagree on quoting class codes).
-    known = None if categories is None else frozenset(category_key(x) for x in categories)
-
-    def classify(values: Sequence[Any], counts: list[int]) -> None:
-        for v in values:
-            t = type(v)
-            if t is str or t is int or t is bool or t is float:
-                if t is float and v != v:
-                    counts[_NULL] += 1
-                elif known is None or category_key(v) in known:
-                    counts[_PRESENT] += 1
-                else:
-                    counts[_UNSEEN] += 1
-            elif v is None:
-                counts[_NULL] += 1
-            elif v is MISSING:
-                counts[_MISSING] += 1
-            else:
-                counts[_WRONG] += 1
-
-    return classify
 
 
 def category_key(v: Any) -> str:
@@ -122,11 +76,9 @@ class CoverageEvaluator:
     def __init__(self, features: Sequence[FeatureSpec]) -> None:
         self.features = list(features)
         self.counts: list[list[int]] = [[0] * len(c.FEATURE_STATES) for _ in self.features]
-        self._classifiers = [
-            _numerical(f.min, f.max) if f.type == "numerical" else _categorical(f.categories)
-            for f in self.features
-        ]
-        # Per feature, for the row-major path: (numerical?, lo, hi, known categories, counts).
+        # Per feature: (numerical?, lo, hi, known categories, counts). Categories
+        # compare by category_key, so 1, 1.0 and "1" all match a declared 1 or "1"
+        # (JSON clients disagree on quoting class codes).
         self._specs = [
             (
                 f.type == "numerical",
@@ -140,59 +92,33 @@ class CoverageEvaluator:
     def evaluate(self, rows: Rows) -> None:
         """Add one state per (row, feature) of ``rows`` to :attr:`counts`.
 
-        A feature absent from ``rows.columns`` counts ``rows.n`` x ``missing``.
-        A column shorter than ``rows.n`` counts the shortfall as ``missing``.
+        Row-major ``records`` are read as they are (one pass per record). In the
+        column form, a feature absent from ``rows.columns`` counts ``rows.n`` x
+        ``missing``, and a column shorter than ``rows.n`` counts the shortfall.
         """
         n = rows.n
         if n <= 0:
             return
-        if rows.records is not None:
-            self._evaluate_records(rows.records)
-            return
-        columns = rows.columns
-        for f, classify, counts in zip(self.features, self._classifiers, self.counts, strict=True):
-            col = columns.get(f.name)
-            if col is None:
-                counts[_MISSING] += n
-                continue
-            classify(col, counts)
-            if len(col) < n:
-                counts[_MISSING] += n - len(col)
-
-    def _evaluate_records(self, records: list[list[Any]]) -> None:
-        """Row-major twin of the column loop (same states): one pass per record, no
-        call per feature. Records hold one value per spec feature, in spec order."""
         specs = self._specs
-        for rec in records:
-            for v, (numerical, lo, hi, known, counts) in zip(rec, specs, strict=False):
-                t = type(v)
-                if numerical:
-                    if t is float or t is int:
-                        if v != v:
-                            counts[_NULL] += 1
-                        elif lo <= v <= hi:
-                            counts[_PRESENT] += 1
-                        else:
-                            counts[_RANGE] += 1
-                    elif v is None:
-                        counts[_NULL] += 1
-                    elif v is MISSING:
-                        counts[_MISSING] += 1
-                    else:
-                        counts[_WRONG] += 1
-                elif t is str or t is int or t is bool or t is float:
-                    if t is float and v != v:
-                        counts[_NULL] += 1
-                    elif known is None or category_key(v) in known:
-                        counts[_PRESENT] += 1
-                    else:
-                        counts[_UNSEEN] += 1
-                elif v is None:
-                    counts[_NULL] += 1
-                elif v is MISSING:
-                    counts[_MISSING] += 1
+        records: Iterable[Sequence[Any]]
+        if rows.records is not None:
+            records = rows.records  # one value per spec feature, in spec order
+        else:
+            # Columns to records with a C-level transpose; a missing column or the
+            # tail of a short one reads as MISSING, a long one is cut at n.
+            columns = rows.columns
+            cols: list[Iterable[Any]] = []
+            for f in self.features:
+                col = columns.get(f.name)
+                if col is None:
+                    cols.append(repeat(MISSING, n))
+                elif len(col) == n:
+                    cols.append(col)
                 else:
-                    counts[_WRONG] += 1
+                    cols.append(islice(chain(col, repeat(MISSING)), n))
+            records = zip(*cols, strict=False)
+        for rec in records:
+            _count(zip(rec, specs, strict=False))
 
     def state_count(self, feature: str, state: str) -> int:
         """Return the count so far of ``state`` for ``feature`` (for tests and reports).
@@ -204,3 +130,37 @@ class CoverageEvaluator:
             if f.name == feature:
                 return counts[STATE_INDEX[state]]
         raise KeyError(feature)
+
+
+def _count(pairs: Iterable[tuple[Any, _Spec]]) -> None:
+    """Count the state of each ``(value, feature spec)`` pair: the one loop that both
+    row-major and column-major rows go through."""
+    for v, (numerical, lo, hi, known, counts) in pairs:
+        t = type(v)
+        if numerical:
+            if t is float or t is int:
+                if v != v:  # NaN
+                    counts[_NULL] += 1
+                elif lo <= v <= hi:
+                    counts[_PRESENT] += 1
+                else:
+                    counts[_RANGE] += 1
+            elif v is None:
+                counts[_NULL] += 1
+            elif v is MISSING:
+                counts[_MISSING] += 1
+            else:  # str, bool, list, dict, ...: bool is an int subclass but not a number here
+                counts[_WRONG] += 1
+        elif t is str or t is int or t is bool or t is float:
+            if t is float and v != v:
+                counts[_NULL] += 1
+            elif known is None or category_key(v) in known:
+                counts[_PRESENT] += 1
+            else:
+                counts[_UNSEEN] += 1
+        elif v is None:
+            counts[_NULL] += 1
+        elif v is MISSING:
+            counts[_MISSING] += 1
+        else:
+            counts[_WRONG] += 1
