@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -9,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -87,6 +90,16 @@ class FaultServer(ManagedProcess):
             name="fault server",
         )
         self.url = f"http://127.0.0.1:{self.port}"
+
+
+def require_tool(name: str) -> str:
+    """Path of a Debian-packaged tool; skip when missing, fail under ``$CI``."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI: {name} missing (make system-deps installs it)")
+        pytest.skip(f"{name} not installed")
+    return path
 
 
 class Metrics:

@@ -8,8 +8,6 @@ matches the alert."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import threading
 import time
 import urllib.error
@@ -29,7 +27,7 @@ from monitor.generate import to_yaml
 from monitor.procs import ManagedProcess, free_ports
 from monitor.rules import build_rules
 from monitor.spec import load_spec
-from tests.support import FaultServer, SidecarProc, write_spec
+from tests.support import FaultServer, SidecarProc, require_tool, write_spec
 
 TIME_SCALE = 60.0
 """1 h becomes 1 min: the fast page's windows (1 h and 5 m) become 60 s and 5 s, which
@@ -38,16 +36,6 @@ DEADLINE_S = 60.0
 """Bound on the whole chain, from the first request to the page at the receiver."""
 TOKEN = "e2e-s3cret"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def require_tool(name: str) -> str:
-    """Path of a Debian-packaged tool; skip when missing, fail under ``$CI``."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI: {name} missing (make system-deps installs it)")
-        pytest.skip(f"{name} not installed")
-    return path
 
 
 class Receiver:

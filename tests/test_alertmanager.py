@@ -5,8 +5,6 @@ applies the inhibitions."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -27,16 +25,7 @@ from monitor.alertmanager import (
 from monitor.generate import to_yaml
 from monitor.procs import ManagedProcess, free_ports
 from monitor.spec import MonitorSpec, parse_spec
-
-
-def require_tool(name: str) -> str:
-    """Path of a Debian-packaged tool; skip when missing, fail under ``$CI``."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI: {name} missing (make system-deps installs it)")
-        pytest.skip(f"{name} not installed")
-    return path
+from tests.support import require_tool
 
 
 def make_spec(tmp_path: Path, *, receivers: bool = True) -> MonitorSpec:

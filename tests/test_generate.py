@@ -3,7 +3,6 @@ committed ``alerts/`` being fresh, and promtool on the generated rules and tests
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -15,20 +14,11 @@ import yaml
 
 from monitor import generate as gen
 from monitor.generate import GENERATED_MARKER
+from tests.support import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_SPEC = ROOT / "deploy" / "monitor.yaml"
 ALERT_FILES = ["alerts/alertmanager.yml", "alerts/demo.rules.test.yml", "alerts/demo.rules.yml"]
-
-
-def require_tool(name: str) -> str:
-    """Path of a Debian-packaged tool; skip when missing, fail under ``$CI``."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI: {name} missing (make system-deps installs it)")
-        pytest.skip(f"{name} not installed")
-    return path
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:

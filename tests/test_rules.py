@@ -9,7 +9,6 @@ locally and fail when ``$CI`` is set, so CI can never go green by skipping them.
 from __future__ import annotations
 
 import inspect
-import os
 import re
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ from monitor.rules import (
     mitigation_for,
 )
 from monitor.spec import MonitorSpec, load_spec, parse_spec
+from tests.support import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNBOOKS = ROOT / "docs" / "runbooks"
@@ -117,13 +117,7 @@ SPECS = [
 
 def require_promtool() -> str:
     """The promtool executable; skip when missing, or fail when ``$CI`` is set."""
-    path = shutil.which("promtool")
-    if path is None:
-        msg = "promtool not found (Debian package 'prometheus'; `make system-deps`)"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI: {msg}")
-        pytest.skip(msg)
-    return path
+    return require_tool("promtool")
 
 
 def dump(data: dict[str, Any]) -> str:
@@ -183,7 +177,7 @@ def test_missing_promtool_skips_locally_and_fails_in_ci(
     monkeypatch.setattr(shutil, "which", lambda name: None)
     if present:
         monkeypatch.setenv("CI", "1")
-        with pytest.raises(pytest.fail.Exception, match="CI: promtool not found"):
+        with pytest.raises(pytest.fail.Exception, match="CI: promtool missing"):
             require_promtool()
     else:
         monkeypatch.delenv("CI", raising=False)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import math
-import os
-import shutil
 import time
 import urllib.parse
 import urllib.request
@@ -25,7 +23,7 @@ from monitor.capture import read_capture
 from monitor.demo import v2_input
 from monitor.modelserver import MLflowServerProcess, MLServerProcess, TrainedModel
 from monitor.procs import ManagedProcess, free_ports
-from tests.support import ROOT, SidecarProc, sidecar
+from tests.support import ROOT, SidecarProc, require_tool, sidecar
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -236,11 +234,7 @@ def test_c13_mlflow_malformed_json_keeps_mlflows_own_status(
 def test_a_real_prometheus_scrapes_the_sidecar_and_answers_red_queries(
     bc_sidecar: SidecarProc, trained_model: TrainedModel, tmp_path: Path
 ) -> None:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("prometheus missing in CI (make system-deps installs it)")
-        pytest.skip("prometheus not installed")
+    binary = require_tool("prometheus")
     (port,) = free_ports(1)
     cfg = tmp_path / "prometheus.yml"
     cfg.write_text(
