@@ -610,13 +610,17 @@ class _Builder:
         by = f"sum by ({m})"
         ids = {m: slo.model, c.LABEL_SLO: slo.name}
         budget = _num(1 - slo.objective)
+        # Inference calls only: health checks, metadata and unmatched paths sent
+        # through the sidecar would otherwise dilute the SLI.
+        routes = _inference_routes(model)
+        scope = {m: slo.model, c.LABEL_ROUTE: _one_of(routes)} if routes else {m: slo.model}
 
         if slo.threshold_seconds is None:
             bad_sel = _sel(
-                c.REQUESTS_TOTAL, {m: slo.model, c.LABEL_OUTCOME: _one_of(c.ERROR_OUTCOMES)}
+                c.REQUESTS_TOTAL, scope | {c.LABEL_OUTCOME: _one_of(c.ERROR_OUTCOMES)}
             )
             valid_sel = _sel(
-                c.REQUESTS_TOTAL, {m: slo.model, c.LABEL_OUTCOME: _not(c.OUTCOME_CLIENT_CANCELLED)}
+                c.REQUESTS_TOTAL, scope | {c.LABEL_OUTCOME: _not(c.OUTCOME_CLIENT_CANCELLED)}
             )
 
             def bad(w: str) -> str:
@@ -626,10 +630,10 @@ class _Builder:
             def total(w: str) -> str:
                 return f"{by} (rate({valid_sel}[{w}]))"
         else:
-            count_sel = _sel(f"{c.REQUEST_DURATION_SECONDS}_count", {m: slo.model})
+            count_sel = _sel(f"{c.REQUEST_DURATION_SECONDS}_count", scope)
             fast_sel = _sel(
                 f"{c.REQUEST_DURATION_SECONDS}_bucket",
-                {m: slo.model, c.LABEL_LE: _le(model, slo.threshold_seconds)},
+                scope | {c.LABEL_LE: _le(model, slo.threshold_seconds)},
             )
 
             def bad(w: str) -> str:

@@ -537,3 +537,19 @@ def test_latency_reads_the_threshold_bucket_as_the_sidecar_writes_it() -> None:
 def test_feature_names_are_escaped_in_coverage_selectors() -> None:
     exprs = [r["expr"] for r in alert_rules(FULL) if r["alert"] == c.ALERT_FEATURE_COVERAGE_LOW]
     assert any(r"feature=~`price\.eur|price\.usd`" in e for e in exprs), exprs
+
+
+def test_slis_count_inference_routes_only_so_health_checks_do_not_dilute_them() -> None:
+    rules = build_rules(load_spec(ROOT / "deploy" / "monitor.yaml"))
+    slo_exprs = [
+        r["expr"]
+        for g in rules["groups"]
+        if g["name"].startswith("demo-slo-")
+        for r in g["rules"]
+        if "record" in r and "mlmon_request" in r["expr"]
+    ]
+    assert slo_exprs
+    route = (
+        "route=~`/v2/models/\\{model\\}/infer|/v2/models/\\{model\\}/versions/\\{version\\}/infer`"
+    )
+    assert all(route in e for e in slo_exprs), [e for e in slo_exprs if route not in e][:1]
