@@ -613,12 +613,12 @@ class _Builder:
         # Inference calls only: health checks, metadata and unmatched paths sent
         # through the sidecar would otherwise dilute the SLI.
         routes = _inference_routes(model)
-        scope = {m: slo.model, c.LABEL_ROUTE: _one_of(routes)} if routes else {m: slo.model}
+        scope: dict[str, str | _M] = {m: slo.model}
+        if routes:
+            scope[c.LABEL_ROUTE] = _one_of(routes)
 
         if slo.threshold_seconds is None:
-            bad_sel = _sel(
-                c.REQUESTS_TOTAL, scope | {c.LABEL_OUTCOME: _one_of(c.ERROR_OUTCOMES)}
-            )
+            bad_sel = _sel(c.REQUESTS_TOTAL, scope | {c.LABEL_OUTCOME: _one_of(c.ERROR_OUTCOMES)})
             valid_sel = _sel(
                 c.REQUESTS_TOTAL, scope | {c.LABEL_OUTCOME: _not(c.OUTCOME_CLIENT_CANCELLED)}
             )
@@ -1488,6 +1488,27 @@ class _Tests:
 
     # -- one model --------------------------------------------------------------------
 
+    def fire_and_miss(
+        self,
+        rule: dict[str, Any],
+        labels: Mapping[str, str],
+        cases: tuple[int | None, int],
+        base: int,
+        fire: tuple[str, list[dict[str, str]]] | None,
+        miss: tuple[str, list[dict[str, str]]],
+    ) -> None:
+        """A ratio alert's pair of tests: ``(name, series)`` that fires with the value
+        ``cases[0] / base`` (skipped when no ratio can fire), and a near miss at 30m."""
+        if fire is not None and cases[0] is not None:
+            self.add(
+                fire[0],
+                fire[1],
+                alert=rule["alert"],
+                at=30,
+                expect=[self.expect(rule, labels, cases[0] / base)],
+            )
+        self.add(miss[0], miss[1], alert=rule["alert"], at=30)
+
     def ratio_cases(
         self, threshold: float, *, below: bool, base: int = 1000
     ) -> tuple[int | None, int]:
@@ -1639,21 +1660,23 @@ class _Tests:
                     ),
                 ]
 
-            if fire is not None:
-                self.add(
+            self.fire_and_miss(
+                rule,
+                fl,
+                (fire, miss),
+                100,
+                None
+                if fire is None
+                else (
                     f"{rule['alert']} {name}/{feature}: coverage {fire}% under the floor "
                     f"{_pct(t)} fires.",
                     coverage(fire),
-                    alert=rule["alert"],
-                    at=30,
-                    expect=[self.expect(rule, fl, fire / 100)],
-                )
-            self.add(
-                f"{rule['alert']} {name}/{feature}: coverage {miss}% at or above the floor "
-                f"{_pct(t)} stays silent.",
-                coverage(miss),
-                alert=rule["alert"],
-                at=30,
+                ),
+                (
+                    f"{rule['alert']} {name}/{feature}: coverage {miss}% at or above the floor "
+                    f"{_pct(t)} stays silent.",
+                    coverage(miss),
+                ),
             )
             self.add(
                 f"{rule['alert']} {name}/{feature}: no traffic is no coverage problem.",
@@ -1705,20 +1728,22 @@ class _Tests:
                     *self.exact(c.PAYLOAD_ERRORS_TOTAL, pe, lambda m: errors, 30),
                 ]
 
-            if fire is not None:
-                self.add(
+            self.fire_and_miss(
+                rule,
+                lm,
+                (fire, miss),
+                1000,
+                None
+                if fire is None
+                else (
                     f"{rule['alert']} {name}: {fire} of 1000 inference requests unparseable fire.",
                     payload(fire),
-                    alert=rule["alert"],
-                    at=30,
-                    expect=[self.expect(rule, lm, fire / 1000)],
-                )
-            self.add(
-                f"{rule['alert']} {name}: {miss} of 1000 inference requests unparseable, at "
-                "the threshold, stay silent.",
-                payload(miss),
-                alert=rule["alert"],
-                at=30,
+                ),
+                (
+                    f"{rule['alert']} {name}: {miss} of 1000 inference requests unparseable, at "
+                    "the threshold, stay silent.",
+                    payload(miss),
+                ),
             )
 
     def capture_tests(self, model: ModelSpec) -> None:
@@ -1748,20 +1773,22 @@ class _Tests:
                     ),
                 ]
 
-            if fire is not None:
-                self.add(
+            self.fire_and_miss(
+                rule,
+                lm,
+                (fire, miss),
+                1000,
+                None
+                if fire is None
+                else (
                     f"{rule['alert']} {name}: {fire} of 1000 sampled rows lost (queue full) fire.",
                     capture(fire),
-                    alert=rule["alert"],
-                    at=30,
-                    expect=[self.expect(rule, lm, fire / 1000)],
-                )
-            self.add(
-                f"{rule['alert']} {name}: {miss} of 1000 rows dropped plus many deleted by "
-                "retention stay silent.",
-                capture(miss, retention=5000),
-                alert=rule["alert"],
-                at=30,
+                ),
+                (
+                    f"{rule['alert']} {name}: {miss} of 1000 rows dropped plus many deleted by "
+                    "retention stay silent.",
+                    capture(miss, retention=5000),
+                ),
             )
 
     def quality_tests(self, model: ModelSpec) -> None:
