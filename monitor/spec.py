@@ -412,6 +412,18 @@ class SLOSpec(_Model):
         return duration_seconds(self.window)
 
 
+def _check_http_url(v: str | None) -> str | None:
+    if v is None:
+        return v
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{v!r}: must be an http:// or https:// URL with a host")
+    return v
+
+
+_LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
 class ReceiverSpec(_Model):
     """Where Alertmanager sends one severity. Give at least one destination."""
 
@@ -424,6 +436,8 @@ class ReceiverSpec(_Model):
     """File holding a Slack incoming-webhook URL (absolute path, as above)."""
     slack_channel: str | None = None
     """Slack channel, e.g. ``#ml-alerts``."""
+
+    _url = field_validator("webhook_url")(classmethod(lambda cls, v: _check_http_url(v)))
 
     @model_validator(mode="after")
     def _some(self) -> ReceiverSpec:
@@ -466,6 +480,14 @@ class AlertingSpec(_Model):
     mitigator_url: str | None = None
     """Webhook URL of ``monitor mitigator`` (``http://host:port/v1/alerts``); alerts that
     carry a ``mitigation`` label also go there."""
+    _url = field_validator("mitigator_url")(classmethod(lambda cls, v: _check_http_url(v)))
+
+    @model_validator(mode="after")
+    def _mitigator(self) -> AlertingSpec:
+        if self.mitigator_credentials_file and not self.mitigator_url:
+            raise ValueError("mitigator_credentials_file needs mitigator_url")
+        return self
+
     mitigator_credentials_file: str | None = None
     """File holding the bearer token Alertmanager sends to the mitigator; a relative
     path resolves against the directory of the generated alertmanager.yml."""
@@ -523,6 +545,8 @@ class MitigationSpec(_Model):
         if not v:
             raise ValueError("must name at least one label (e.g. alertname)")
         for key, value in v.items():
+            if not _LABEL_NAME_RE.match(key):
+                raise ValueError(f"{key!r} is not a Prometheus label name")
             if value.startswith("~"):
                 try:
                     re.compile(value[1:])

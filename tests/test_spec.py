@@ -269,3 +269,48 @@ def test_slos_alerting_and_mitigations_from_the_issues_load() -> None:
     spec = parse_spec(data)
     assert [s.window_seconds for s in spec.slos] == [30 * 86400, 30 * 86400]
     assert spec.mitigations[0].match == {"alertname": "ErrorBudgetBurn", "severity": "page"}
+
+
+@pytest.mark.parametrize(
+    ("alerting", "mitigation_match", "expected"),
+    [
+        (
+            {"pager": {"webhook_url": "not a url"}},
+            None,
+            "alerting.pager.webhook_url: 'not a url': must be an http:// or https:// URL",
+        ),
+        (
+            {"ticket": {"webhook_url": "ftp://x/y"}},
+            None,
+            "alerting.ticket.webhook_url: 'ftp://x/y'",
+        ),
+        ({"mitigator_url": "nope"}, None, "alerting.mitigator_url: 'nope'"),
+        (
+            {"mitigator_credentials_file": "./t"},
+            None,
+            "alerting: mitigator_credentials_file needs mitigator_url",
+        ),
+        (
+            {},
+            {"bad-label": "x"},
+            "mitigations[0].match: 'bad-label' is not a Prometheus label name",
+        ),
+    ],
+    ids=[
+        "A webhook URL that is not a URL is refused (amtool would reject the generated file).",
+        "An ftp webhook is refused.",
+        "A mitigator URL that is not a URL is refused.",
+        "A mitigator token file without a mitigator URL is refused, not silently ignored.",
+        "A mitigation matcher on an impossible label name is refused.",
+    ],
+)
+def test_alerting_problems_name_the_field(
+    alerting: dict, mitigation_match: dict | None, expected: str
+) -> None:
+    data = base()
+    data["alerting"] = alerting
+    if mitigation_match is not None:
+        data["mitigations"] = [{"name": "p", "match": mitigation_match, "action": {"type": "http"}}]
+    with pytest.raises(SpecError) as err:
+        parse_spec(data)
+    assert any(p.startswith(expected) for p in err.value.problems), err.value.problems
