@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SERVERS := $(VENV)/servers
-DEB_PACKAGES := prometheus prometheus-alertmanager nginx-light wrk
+DEB_PACKAGES := prometheus prometheus-alertmanager prometheus-pushgateway nginx-light wrk
 PYTEST_ARGS ?=
 
 .PHONY: help venv servers system-deps test lint format generate demo bench soak clean
@@ -21,7 +21,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,otlp,demo]'
+	$(BIN)/pip install -q -e '.[dev,otlp,demo,drift,spark]'
 	@touch $@
 
 venv: $(VENV)/.installed ## Create .venv with the package, its extras and the dev tools

@@ -160,3 +160,142 @@ def demo(requests: int, out: Path | None) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+def _duration(value: str | None) -> float | None:
+    """``90``, ``90s``, ``15m``, ``2h``, ``1d`` -> seconds."""
+    if value is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = value.strip().lower()
+    mult = units.get(text[-1:])
+    number = text[:-1] if mult else text
+    try:
+        seconds = float(number) * (mult or 1)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: expected a duration like 90s, 15m, 2h or 1d"
+        ) from None
+    if not seconds > 0:
+        raise click.BadParameter(f"{value!r}: must be positive")
+    return seconds
+
+
+@main.group()
+def drift() -> None:
+    """Data drift of model inputs against a training baseline (evidently's methods)."""
+
+
+@drift.command("run")
+@click.option(
+    "--config", "config", required=True, type=click.Path(path_type=Path), help="monitor.yaml"
+)
+@click.option("--model", "model", required=True, help="Model (in the spec) to check.")
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path),
+    help="Baseline Parquet/CSV (default models[].baseline).",
+)
+@click.option(
+    "--current",
+    type=click.Path(path_type=Path),
+    help="Current window Parquet/CSV (default: the capture store).",
+)
+@click.option("--since", help="Window length, e.g. 1h (default drift.window_seconds).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("drift-report"),
+    show_default=True,
+    help="Directory for drift.json and report.html.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["fast", "evidently", "spark"]),
+    help="Drift engine (default drift.engine, i.e. fast).",
+)
+@click.option("--pushgateway", help="Push the metrics to this Pushgateway URL (CronJob pattern).")
+@click.option(
+    "--html/--no-html",
+    default=True,
+    show_default=True,
+    help="Write report.html (evidently's report; slow on big windows).",
+)
+def drift_run(
+    config: Path,
+    model: str,
+    reference: Path | None,
+    current: Path | None,
+    since: str | None,
+    out: Path,
+    engine: str | None,
+    pushgateway: str | None,
+    html: bool,
+) -> None:
+    """Run the drift check once: write DIR/drift.json and DIR/report.html.
+
+    Exit 0 when the run produced a result (drift or not), 1 when it could not.
+    """
+    from monitor.drift.job import DriftCollector, RunOptions, push, run_once
+
+    collector = DriftCollector()
+    try:
+        spec = load_spec(config)
+        opts = RunOptions(
+            reference=reference,
+            current=current,
+            since=_duration(since),
+            engine=engine,
+            out=out,
+            html=html,
+        )
+        try:
+            result = run_once(spec, model, opts, collector=collector)
+        finally:
+            if pushgateway:
+                push(pushgateway, model, collector)
+    except MonitorError as exc:
+        _fail(exc)
+        return
+    d = result.to_dict()["dataset"]
+    verdict = {True: "DRIFT", False: "no drift", None: "no verdict (insufficient data)"}[
+        d["dataset_drift"]
+    ]
+    click.echo(
+        f"model {model}: {verdict}: {d['drifted_features']}/{d['features_scored']} features "
+        f"drifted "
+        f"(engine {result.engine}, {result.duration_seconds:.2f}s); wrote {out / 'drift.json'}"
+    )
+    for w in result.warnings:
+        click.echo(f"warning: {w}", err=True)
+
+
+@drift.command("serve")
+@click.option(
+    "--config", "config", required=True, type=click.Path(path_type=Path), help="monitor.yaml"
+)
+@click.option(
+    "--metrics-listen", default="127.0.0.1:9401", show_default=True, help="HOST:PORT of /metrics."
+)
+@click.option(
+    "--html/--no-html", default=True, show_default=True, help="Write report.html on every run."
+)
+def drift_serve(config: Path, metrics_listen: str, html: bool) -> None:
+    """Run the drift check of every model with a baseline every drift.schedule_seconds."""
+    import signal
+    import threading
+
+    from monitor.drift.job import serve
+    from monitor.sidecar.app import parse_listen
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        spec = load_spec(config)
+        serve(spec, listen=parse_listen(metrics_listen), stop=stop, html=html)
+    except MonitorError as exc:
+        _fail(exc)
+    except OSError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

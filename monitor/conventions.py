@@ -175,6 +175,37 @@ MODEL_QUALITY: Final = metric("model_quality")
 """Gauge per ``{model, metric}`` (accuracy, f1, roc_auc, mae, ...) from delayed labels."""
 MODEL_QUALITY_ROWS: Final = metric("model_quality_rows")
 
+DRIFT_MISSING_RATIO: Final = metric("drift_missing_ratio")
+"""Gauge per ``{model, feature, dataset}``: share of null values in the window (C02)."""
+DRIFT_NONFINITE_RATIO: Final = metric("drift_nonfinite_ratio")
+"""Gauge per ``{model, feature, dataset}``: share of +/-inf values, left out of the tests (C07)."""
+DRIFT_UNSEEN_CATEGORY_RATIO: Final = metric("drift_unseen_category_ratio")
+"""Gauge per ``{model, feature}``: share of current values in categories the reference
+lacks (C04)."""
+DRIFT_FEATURE_STATUS: Final = metric("drift_feature_status")
+"""Gauge 1 per ``{model, feature, status, reason}``: why a feature has no score (or ``ok``)."""
+DRIFT_REFERENCE_INFO: Final = metric("drift_reference_info")
+"""Gauge 1 per ``{model, sha256}``: the baseline the last run compared against."""
+LABEL_STATUS: Final = "status"
+LABEL_SHA256: Final = "sha256"
+
+DRIFT_METHODS: Final = (
+    "chisquare",
+    "ed",
+    "hellinger",
+    "jensenshannon",
+    "kl_div",
+    "ks",
+    "mannw",
+    "psi",
+    "t_test",
+    "wasserstein",
+    "z",
+)
+"""Drift methods by evidently name (``monitor.drift.methods.METHODS`` implements them)."""
+DRIFT_NUMERICAL_ONLY_METHODS: Final = ("ed", "ks", "mannw", "t_test", "wasserstein")
+DRIFT_CATEGORICAL_ONLY_METHODS: Final = ("chisquare", "z")
+
 DATASET_REFERENCE: Final = "reference"
 DATASET_CURRENT: Final = "current"
 DRIFT_RESULT_SUCCESS: Final = "success"

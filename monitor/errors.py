@@ -5,7 +5,8 @@
     MonitorError
     ├── SpecError            a monitor.yaml that cannot be loaded or is invalid
     ├── PayloadError         a request/response body the adapters cannot read
-    └── CaptureError         the capture store cannot be written or read
+    ├── CaptureError         the capture store cannot be written or read
+    └── DriftError           a drift run cannot start (no baseline, bad data, engine missing)
 
 Only the CLI turns these into exit codes; services turn bad input into a 4xx
 with the reason, and the sidecar never lets a ``PayloadError`` reach the client
@@ -47,3 +48,12 @@ class PayloadError(MonitorError):
 
 class CaptureError(MonitorError):
     """The capture store could not be written or read."""
+
+
+class DriftError(MonitorError):
+    """A drift run could not produce a result.
+
+    Raised for a missing or unreadable baseline or current window, an unknown
+    method or engine, or an engine whose library is missing or too old. A single
+    bad feature never raises: it gets a ``skipped`` or ``undefined`` status.
+    """

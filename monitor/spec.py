@@ -90,6 +90,16 @@ class FeatureSpec(_Model):
     """Coverage (present share) below this alerts; default ``alerting.min_coverage``."""
     description: str = ""
     """Free text shown in reports and dashboards."""
+    drift_method: str | None = None
+    """Drift method of this feature (evidently name: ``ks``, ``psi``, ...); default
+    ``drift.method``, else evidently's choice."""
+    drift_threshold: float | None = None
+    """Threshold of this feature's drift method; default ``drift.threshold``, else the
+    method's evidently default."""
+
+    _drift_method = field_validator("drift_method")(
+        classmethod(lambda cls, v: _check_drift_method(v))
+    )
 
     @field_validator("name")
     @classmethod
@@ -131,7 +141,35 @@ class FeatureSpec(_Model):
             raise ValueError(
                 f"feature {self.name!r}: categories apply to categorical features only"
             )
+        if self.drift_method in c.DRIFT_NUMERICAL_ONLY_METHODS and self.type == "categorical":
+            raise ValueError(
+                f"feature {self.name!r}: drift_method {self.drift_method!r} needs a "
+                "numerical feature"
+            )
+        if self.drift_method in c.DRIFT_CATEGORICAL_ONLY_METHODS and self.type == "numerical":
+            raise ValueError(
+                f"feature {self.name!r}: drift_method {self.drift_method!r} needs a "
+                "categorical feature"
+            )
         return self
+
+
+def _check_drift_method(v: str | None) -> str | None:
+    if v is not None and v not in c.DRIFT_METHODS:
+        raise ValueError(f"unknown drift method {v!r}; known: {', '.join(c.DRIFT_METHODS)}")
+    return v
+
+
+class LabelSpec(_Model):
+    """Where delayed ground-truth labels arrive, for model quality."""
+
+    path: Path
+    """Parquet or CSV file with columns ``request_id``, ``label``, ``timestamp``."""
+    task: Literal["classification", "regression"] | None = None
+    """Model task; default classification when the first output is categorical,
+    else regression."""
+    positive_label: str | None = None
+    """Positive class of a binary classifier (default the larger label, e.g. ``1``)."""
 
 
 class OutputSpec(_Model):
@@ -268,6 +306,11 @@ class ModelSpec(_Model):
     uninspected and are counted in ``mlmon_payload_inspection_skipped_total``."""
     max_request_bytes: Annotated[int, Field(gt=0)] | None = None
     """When set, a request declaring a larger body is answered 413 by the sidecar."""
+    baseline: Path | None = None
+    """Reference data of the drift job: a Parquet or CSV file with one column per
+    feature (the training set, or a sample of it)."""
+    labels: LabelSpec | None = None
+    """Delayed labels joined with captured predictions by request id (model quality)."""
 
     _check = field_validator("name", "upstream_name")(
         classmethod(lambda cls, v: v if v is None else _check_name(v))
@@ -508,6 +551,14 @@ class DriftSpec(_Model):
     """Drift method for every feature (``ks``, ``psi``, ...); unset = evidently's choice."""
     threshold: float | None = None
     """Threshold for ``method``; unset = the method's evidently default."""
+    engine: Literal["fast", "evidently", "spark"] = "fast"
+    """Drift engine: ``fast`` (ours, default), ``evidently`` or ``spark``."""
+    cache_dir: Path | None = None
+    """Cache of baseline statistics (default ``$XDG_CACHE_HOME/monitor/drift``)."""
+    out_dir: Path = Path("./drift-reports")
+    """Where ``monitor drift serve`` writes ``<model>/drift.json`` and ``report.html``."""
+
+    _method = field_validator("method")(classmethod(lambda cls, v: _check_drift_method(v)))
 
 
 class MitigationSpec(_Model):
