@@ -11,7 +11,11 @@ Steps (each printed as it happens):
    with some rows made bad on purpose: out of range, null, wrong width;
 5. scrape the sidecar's ``/metrics`` and print what it measured: RED, latency
    percentiles, feature coverage, predictions, capture;
-6. stop every process it started (by PID) and exit 0.
+6. stop every process it started (by PID);
+7. run the drift job on what the sidecar captured: the training set (with the
+   model's predictions) is the baseline, delayed labels arrive for the held-out
+   rows; print the drift verdicts and the model quality, write ``drift/drift.json``
+   and ``drift/report.html``, and exit 0.
 
 Everything listens on 127.0.0.1 on free ports.
 """
@@ -48,6 +52,8 @@ class DemoReport:
     samples: list[tuple[str, dict[str, str], float]]
     capture_rows: int
     capture_dir: Path
+    drift: dict[str, Any] | None = None
+    """drift.json of the drift step."""
 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
@@ -144,11 +150,11 @@ def run_demo(
     spec_path = spec_path or repo_root() / "deploy" / "monitor.yaml"
     t0 = time.monotonic()
 
-    _say("[1/6] training the breast-cancer classifier (scikit-learn, bundled data set)")
+    _say("[1/7] training the breast-cancer classifier (scikit-learn, bundled data set)")
     model = train_breast_cancer(out / "model", version="1")
     _say(f"      held-out accuracy {model.accuracy:.3f}; model at {model.model_path}")
 
-    _say("[2/6] starting MLServer (Open Inference Protocol) on 127.0.0.1")
+    _say("[2/7] starting MLServer (Open Inference Protocol) on 127.0.0.1")
     with MLServerProcess(model.model_dir) as server:
         _say(f"      MLServer ready at {server.url} in {server.startup_s:.1f} s (pid {server.pid})")
 
@@ -162,7 +168,7 @@ def run_demo(
         run_spec = out / "monitor.yaml"
         run_spec.write_text(yaml.safe_dump(spec, sort_keys=False))
         port, mport = free_ports(2)
-        _say(f"[3/6] starting the sidecar: 127.0.0.1:{port} -> {server.url}, metrics on :{mport}")
+        _say(f"[3/7] starting the sidecar: 127.0.0.1:{port} -> {server.url}, metrics on :{mport}")
         sidecar = ManagedProcess(
             [
                 sys.executable,
@@ -185,7 +191,7 @@ def run_demo(
         )
         with sidecar:
             _say(f"      sidecar ready in {sidecar.startup_s:.1f} s (pid {sidecar.pid})")
-            _say(f"[4/6] sending {requests} requests with tritonclient through the sidecar")
+            _say(f"[4/7] sending {requests} requests with tritonclient through the sidecar")
             _say(
                 "      1 row in 20 on purpose has mean_radius x100 (out of range), 1 in 20 a null"
                 " value,\n      and 1 in 20 only 29 columns, which MLServer answers with a 500"
@@ -212,7 +218,7 @@ def run_demo(
                     _say(f"      {i + 1}/{requests} sent ({ok} ok, {err} errors)")
             client.close()
 
-            _say("[5/6] what the sidecar measured (scraped from /metrics)")
+            _say("[5/7] what the sidecar measured (scraped from /metrics)")
             metrics_url = f"http://127.0.0.1:{mport}/metrics"
             deadline = time.monotonic() + 10
             samples = _scrape(metrics_url)
@@ -221,7 +227,8 @@ def run_demo(
                 samples = _scrape(metrics_url)
             _print_report(samples)
 
-        _say("[6/6] stopping the sidecar and MLServer")
+        _say("[6/7] stopping the sidecar and MLServer")
+    drift = _drift_step(model, run_spec, out, requests)
     report = DemoReport(
         sent=requests,
         answered_ok=ok,
@@ -229,9 +236,62 @@ def run_demo(
         samples=samples,
         capture_rows=int(_total(samples, c.CAPTURE_ROWS_TOTAL)),
         capture_dir=capture_dir,
+        drift=drift,
     )
     _say(f"done in {time.monotonic() - t0:.1f} s; files in {out} (capture: {capture_dir})")
     return report
+
+
+def _drift_step(model: Any, run_spec: Path, out: Path, requests: int) -> dict[str, Any]:
+    """Run the drift job on the capture; print and return drift.json."""
+    import joblib
+    import pandas as pd
+
+    from monitor.drift.job import RunOptions, run_once
+    from monitor.spec import load_spec
+
+    _say("[7/7] drift job: captured traffic vs the training set (monitor drift run)")
+    baseline = model.train_frame.copy()
+    pipeline = joblib.load(model.model_path)
+    baseline["prediction"] = pipeline.predict(model.train_frame.to_numpy()).astype(int)
+    baseline_path = out / "baseline.parquet"
+    baseline.to_parquet(baseline_path, index=False)
+    # ground truth arrives later for the held-out rows the demo sent
+    labels = pd.DataFrame(
+        {
+            "request_id": [f"demo-{i}" for i in range(requests)],
+            "label": [model.y_test[i % len(model.y_test)] for i in range(requests)],
+            "timestamp": [time.time()] * requests,
+        }
+    )
+    labels_path = out / "labels.csv"
+    labels.to_csv(labels_path, index=False)
+    spec = yaml.safe_load(run_spec.read_text())
+    m = spec["models"][0]
+    m["baseline"] = str(baseline_path)
+    m["labels"] = {"path": str(labels_path), "task": "classification"}
+    spec.setdefault("drift", {}).update(
+        min_rows=min(30, requests), cache_dir=str(out / "drift-cache")
+    )
+    run_spec.write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = run_once(load_spec(run_spec), m["name"], RunOptions(out=out / "drift"))
+    doc = result.to_dict()
+    d = doc["dataset"]
+    verdict = {True: "DRIFT", False: "no drift", None: "no verdict"}[d["dataset_drift"]]
+    _say(
+        f"      {verdict}: {d['drifted_features']} of {d['features_scored']} features drifted "
+        f"({d['rows']['current']} captured rows vs {d['rows']['reference']} training rows, "
+        f"{result.duration_seconds:.2f} s)"
+    )
+    for name, f in doc["features"].items():
+        if f["drifted"]:
+            score = f"score {f['score']:.3g} (threshold {f['threshold']})"
+            _say(f"        {name:<26} {f['method']:<13} {score}")
+    q = doc.get("quality") or {}
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(q.get("metrics", {}).items()))
+    _say(f"      model quality on {q.get('rows', 0)} labelled predictions: {metrics or 'none'}")
+    _say(f"      wrote {out / 'drift' / 'drift.json'} and report.html")
+    return doc
 
 
 def _print_report(samples: list[tuple[str, dict[str, str], float]]) -> None:

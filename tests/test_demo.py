@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -32,6 +33,15 @@ def test_the_demo_exits_0_prints_exact_counts_and_leaves_no_process(tmp_path: Pa
     assert re.search(r"mean_radius\s+coverage\s+[\d.]+%\s+\{.*'out_of_range': 2", out), out
     assert "captured rows (every inference request, answered or not): 40 " in out
     assert (tmp_path / "capture").is_dir()
+    # the drift step compares the 40 captured rows with the 426 training rows, and
+    # joins the delayed labels with the 38 answered predictions (the 2 500s have none)
+    assert "[7/7] drift job" in out
+    doc = json.loads((tmp_path / "drift" / "drift.json").read_text())
+    assert doc["dataset"]["rows"] == {"reference": 426, "current": 40}
+    assert doc["dataset"]["features_scored"] == 31  # 30 features and the prediction
+    assert doc["quality"]["rows"] == 38
+    assert "model quality on 38 labelled predictions: accuracy" in out
+    assert (tmp_path / "drift" / "report.html").is_file()
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", out)]
     assert len(pids) == 2  # MLServer and the sidecar, as the demo printed them
     assert not [p for p in pids if pid_alive(p)]

@@ -248,3 +248,12 @@ def test_id_like_columns_are_ignored_unless_declared() -> None:
     uid = res.features["user_id"]
     assert (uid.status, uid.reason) == ("skipped", "id_like")
     assert compute(frame, frame.copy(), features=["user_id"]).features["user_id"].status == "ok"
+
+
+def test_categories_compare_by_their_string_form_across_windows() -> None:
+    """A baseline read with integer labels and a capture window of strings ("0"/"1",
+    as the capture store writes categories) are the same categories, not 100% unseen."""
+    ref = pd.DataFrame({"prediction": [0, 1] * 100})
+    cur = pd.DataFrame({"prediction": ["0", "1"] * 50})
+    p = compute(ref, cur, features={"prediction": "categorical"}).features["prediction"]
+    assert p.unseen_categories == [] and p.score == 1.0 and p.drifted is False

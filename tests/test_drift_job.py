@@ -314,3 +314,55 @@ def test_collector_exports_nothing_for_a_model_that_never_succeeded() -> None:
         == 0
     )
     assert registry.get_sample_value("mlmon_dataset_drift_share", {"model": "m"}) is None
+
+
+def test_drift_md_lists_exactly_the_families_the_collector_exports() -> None:
+    from monitor.drift.core import DriftResult, FeatureDrift
+
+    doc = (Path(__file__).parent.parent / "docs" / "drift.md").read_text(encoding="utf-8")
+    table = doc.split("<!-- drift-metrics-table -->", 1)[1].split("\n\n", 1)[0]
+    documented = {
+        row.split("|")[1].strip().strip("`"): row.split("|")[2].strip()
+        for row in table.splitlines()
+        if row.startswith("| `")
+    }
+    collector = DriftCollector()
+    res = DriftResult(
+        features={
+            "f": FeatureDrift(
+                "f", "numerical", "ok", method="ks", score=0.5, threshold=0.05, drifted=False
+            )
+        },
+        drift_share=0.5,
+        engine="fast",
+        rows_reference=1,
+        rows_current=1,
+        quality={"rows": 1, "metrics": {"accuracy": 1.0}},
+    )
+    collector.record("m", res, reference_sha256="ab")
+    exported = {}
+    for fam in collector.collect():
+        exported[fam.name + ("_total" if fam.type == "counter" else "")] = fam.type
+    assert documented == exported
+
+
+def test_drift_md_promql_parses(tmp_path: Path) -> None:
+    promtool = require_tool("promtool")
+    doc = (Path(__file__).parent.parent / "docs" / "drift.md").read_text(encoding="utf-8")
+    block = doc.split("```promql\n", 1)[1].split("```", 1)[0]
+    exprs = [line for line in block.splitlines() if line and not line.startswith("#")]
+    assert len(exprs) == 3
+    rules = {
+        "groups": [
+            {
+                "name": "doc",
+                "rules": [{"record": f"doc:q{i}", "expr": e} for i, e in enumerate(exprs)],
+            }
+        ]
+    }
+    path = tmp_path / "doc.rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    proc = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from monitor.coverage import category_key
 from monitor.drift.methods import (
     METHODS,
     CategoricalSample,
@@ -418,7 +419,13 @@ def numeric_sample(s: pd.Series) -> tuple[NumericSample, ColumnStats]:
 
 
 def categorical_sample(s: pd.Series) -> tuple[CategoricalSample, ColumnStats]:
-    """Clean one column as categories: value counts without nulls and +/-inf."""
+    """Clean one column as categories: value counts without nulls and +/-inf.
+
+    Categories are keyed by their canonical string (:func:`monitor.coverage.category_key`:
+    ``1``, ``1.0`` and ``"1"`` are one category, ``True`` is ``"true"``), the form the
+    sidecar and the capture store use, so a baseline read with integer labels and
+    a capture window holding strings compare value for value.
+    """
     stats = ColumnStats(rows=int(s.size))
     counts = s.value_counts(dropna=True, sort=False)
     out: dict[Hashable, int] = {}
@@ -426,7 +433,8 @@ def categorical_sample(s: pd.Series) -> tuple[CategoricalSample, ColumnStats]:
         if isinstance(key, float) and math.isinf(key):
             stats.nonfinite += int(n)
             continue
-        out[key] = out.get(key, 0) + int(n)
+        k = category_key(key)
+        out[k] = out.get(k, 0) + int(n)
     sample = CategoricalSample(out)
     stats.used = sample.n
     stats.null = stats.rows - stats.used - stats.nonfinite
