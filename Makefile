@@ -11,7 +11,7 @@ SERVERS := $(VENV)/servers
 DEB_PACKAGES := prometheus prometheus-alertmanager prometheus-pushgateway nginx-light wrk
 PYTEST_ARGS ?=
 
-.PHONY: help venv servers system-deps test lint format generate demo bench soak clean
+.PHONY: help venv servers system-deps test lint format generate demo bench bench-drift soak clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -64,6 +64,9 @@ demo: venv servers system-deps ## Set up everything, then run the demo
 
 bench: venv servers system-deps ## Sidecar benchmark: direct vs nginx vs sidecar (prints a table)
 	$(BIN)/python benchmarks/sidecar.py
+
+bench-drift: venv ## Drift benchmark: fast engine vs evidently, 100k and 1M rows (prints a table)
+	$(BIN)/python benchmarks/drift.py
 
 soak: venv servers ## 5-minute soak: memory of the sidecar under steady load stays flat
 	$(BIN)/pytest -q -m slow tests/test_soak.py $(PYTEST_ARGS)
