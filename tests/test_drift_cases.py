@@ -257,3 +257,14 @@ def test_categories_compare_by_their_string_form_across_windows() -> None:
     cur = pd.DataFrame({"prediction": ["0", "1"] * 50})
     p = compute(ref, cur, features={"prediction": "categorical"}).features["prediction"]
     assert p.unseen_categories == [] and p.score == 1.0 and p.drifted is False
+
+
+def test_c10_an_engine_that_loses_a_feature_fails_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A feature left without a score or reason is an error, not a silent "no drift"."""
+    from monitor.drift import core
+    from monitor.errors import DriftError
+
+    monkeypatch.setattr(core, "_score_fast", lambda to_score: None)  # an engine that scores nothing
+    frame = pd.DataFrame({"x": np.arange(50.0)})
+    with pytest.raises(DriftError, match=r"no score and no reason for \['x'\]"):
+        compute(frame, frame.copy())

@@ -640,11 +640,29 @@ def compute(
         from monitor.drift import spark_engine
 
         spark_engine.score(profile.frame(), current, to_score)
+    _check_accounted(result, features)
     for f in result.features.values():
         if f.status == "skipped":
             result.warnings.append(f"feature {f.name!r} skipped: {f.reason}")
     result.duration_seconds = time.perf_counter() - started
     return result
+
+
+def _check_accounted(result: DriftResult, features: Mapping[str, str] | list[str] | None) -> None:
+    """Every requested feature has a score or a reason (case C10: none may vanish).
+
+    Raises:
+        DriftError: a feature is missing from the result, or has neither a score
+            nor a reason (an engine bug, reported instead of exported as "no drift").
+    """
+    wanted = list(features) if features is not None else []
+    lost = [n for n in wanted if n not in result.features]
+    lost += [n for n, f in result.features.items() if f.score is None and not f.reason]
+    lost += [n for n, f in result.features.items() if f.status == "ok" and f.score is None]
+    if lost:
+        raise DriftError(
+            f"engine {result.engine!r} returned no score and no reason for {sorted(set(lost))}"
+        )
 
 
 def _unseen(f: FeatureDrift, ref: Sample, cur: Sample) -> None:
