@@ -176,8 +176,8 @@ def _duration(value: str | None) -> float | None:
         raise click.BadParameter(
             f"{value!r}: expected a duration like 90s, 15m, 2h or 1d"
         ) from None
-    if not seconds > 0:
-        raise click.BadParameter(f"{value!r}: must be positive")
+    if not 0 < seconds <= 100 * 366 * 86400:
+        raise click.BadParameter(f"{value!r}: must be positive and at most 100 years")
     return seconds
 
 
@@ -257,6 +257,9 @@ def drift_run(
     except MonitorError as exc:
         _fail(exc)
         return
+    except OSError as exc:  # --out not writable, not a directory, ...
+        click.echo(f"error: cannot write the report to {out}: {exc.strerror or exc}", err=True)
+        sys.exit(1)
     d = result.to_dict()["dataset"]
     verdict = {True: "DRIFT", False: "no drift", None: "no verdict (insufficient data)"}[
         d["dataset_drift"]
@@ -266,8 +269,6 @@ def drift_run(
         f"drifted "
         f"(engine {result.engine}, {result.duration_seconds:.2f}s); wrote {out / 'drift.json'}"
     )
-    for w in result.warnings:
-        click.echo(f"warning: {w}", err=True)
 
 
 @drift.command("serve")

@@ -93,7 +93,7 @@ class FeatureSpec(_Model):
     drift_method: str | None = None
     """Drift method of this feature (evidently name: ``ks``, ``psi``, ...); default
     ``drift.method``, else evidently's choice."""
-    drift_threshold: float | None = None
+    drift_threshold: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     """Threshold of this feature's drift method; default ``drift.threshold``, else the
     method's evidently default."""
 
@@ -549,7 +549,7 @@ class DriftSpec(_Model):
     """Dataset drift when at least this share of features drift (evidently's default 0.5)."""
     method: str | None = None
     """Drift method for every feature (``ks``, ``psi``, ...); unset = evidently's choice."""
-    threshold: float | None = None
+    threshold: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     """Threshold for ``method``; unset = the method's evidently default."""
     engine: Literal["fast", "evidently", "spark"] = "fast"
     """Drift engine: ``fast`` (ours, default), ``evidently`` or ``spark``."""
@@ -665,7 +665,27 @@ class MonitorSpec(_Model):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"mitigations: names must be unique; repeated: {', '.join(dup)}")
+        self._check_drift_method_fits()
         return self
+
+    def _check_drift_method_fits(self) -> None:
+        """``drift.method`` applies to every feature without its own ``drift_method``."""
+        method = self.drift.method
+        only = {
+            **dict.fromkeys(c.DRIFT_NUMERICAL_ONLY_METHODS, "numerical"),
+            **dict.fromkeys(c.DRIFT_CATEGORICAL_ONLY_METHODS, "categorical"),
+        }
+        if method not in only:
+            return
+        for i, m in enumerate(self.models):
+            for j, f in enumerate(m.features):
+                if f.drift_method is None and f.type != only[method]:
+                    raise ValueError(
+                        f"drift.method: {method!r} needs {only[method]} features, but "
+                        f"models[{i}].features[{j}] ({f.name!r}) is {f.type}; give that feature "
+                        f"its own drift_method, or choose a method for both types (psi, "
+                        f"jensenshannon, kl_div, hellinger)"
+                    )
 
     def model(self, name: str) -> ModelSpec:
         """Return the model named ``name``.

@@ -183,9 +183,17 @@ def test_unsupported_methods(spark: Any, data: tuple[pd.DataFrame, pd.DataFrame]
             assert b.status == "ok" and b.method == a.method and b.drifted == a.drifted, name
             assert a.score is not None and b.score is not None
             assert math.isclose(a.score, b.score, rel_tol=1e-9, abs_tol=EXACT), name
-        else:
-            assert (b.status, b.reason) == ("undefined", f"method_not_in_spark_engine: {a.method}")
-    assert {sp.features[n].method for n in KINDS} == {"ks", "chisquare", "z"}
+        else:  # ks / z have no Spark version: the >1000-rows choice, said in the note
+            swap = {"ks": "wasserstein", "z": "chisquare"}[a.method or ""]
+            assert (b.status, b.method) == ("ok", swap), name
+            assert (
+                b.note
+                == f"{a.method} has no Spark implementation in evidently; {swap} used instead"
+            )
+            assert b.threshold == {"wasserstein": 0.1, "chisquare": 0.05}[swap]
+    assert {fast.features[n].method for n in KINDS} == {"ks", "chisquare", "z"}
+    assert {sp.features[n].method for n in KINDS} == {"wasserstein", "chisquare"}
+    assert sp.features["x"].drifted is True  # the shifted feature is still caught
 
 
 def _with_odd_columns(frame: pd.DataFrame, seed: int) -> pd.DataFrame:

@@ -167,7 +167,7 @@ class FeatureDrift:
             "unseen_categories": self.unseen_categories,
             "unseen_category_ratio": self.unseen_category_ratio,
             "note": self.note,
-            "details": self.details,
+            "details": {k: _json_number(v) for k, v in self.details.items()},
         }
 
 
@@ -265,7 +265,12 @@ class DriftResult:
                     "unseen_category_ratio": f.unseen_category_ratio,
                 }
             )
-        return pd.DataFrame(rows).set_index("feature") if rows else pd.DataFrame()
+        columns = [
+            "feature", "type", "status", "reason", "method", "score", "threshold", "drifted",
+            "rows_reference", "rows_current", "missing_ratio_current", "nonfinite_ratio_current",
+            "unseen_category_ratio",
+        ]  # fmt: skip
+        return pd.DataFrame(rows, columns=columns).set_index("feature")
 
     def summary_html(self) -> str:
         """A self-contained HTML table of the verdicts (used by Jupyter and report.html)."""
@@ -286,7 +291,7 @@ class DriftResult:
         for f in self.features.values():
             score = "" if f.score is None else f"{f.score:.6g}"
             mark = {True: "&#9888; drift", False: "ok", None: ""}[f.drifted]
-            why = html.escape(f.reason + (f" &mdash; {f.note}" if f.note else ""))
+            why = html.escape(f.reason) + (f" &mdash; {html.escape(f.note)}" if f.note else "")
             cells.append(
                 "<tr>"
                 + "".join(
@@ -320,6 +325,13 @@ class DriftResult:
             f"DriftResult(engine={self.engine!r}, dataset_drift={self.dataset_drift}, "
             f"drifted={self.drifted_features}, scored={len(self.scored)}/{len(self.features)})"
         )
+
+
+def _json_number(v: Any) -> Any:
+    """NaN and +/-inf have no JSON form: they become None."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 def _iso(ts: float | None) -> str | None:
@@ -562,6 +574,22 @@ def compute(
     from monitor.drift.reference import ReferenceProfile, build_profile
 
     started = time.perf_counter()
+    if not isinstance(reference, ReferenceProfile):
+        reference = _frame_arg(reference, "reference")
+    current = _frame_arg(current, "current")
+    if isinstance(features, str) or (
+        features is not None and not isinstance(features, Mapping | list | tuple)
+    ):
+        raise DriftError(
+            "features must be a list of column names or a dict name -> type, "
+            f"not {type(features).__name__}"
+        )
+    if features is not None and not isinstance(features, Mapping):
+        features = [str(n) for n in features]
+    elif features is not None:
+        features = {str(k): v for k, v in features.items()}
+    if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 1:
+        raise DriftError(f"min_rows must be an integer >= 1, not {min_rows!r}")
     if engine not in ENGINES:
         raise DriftError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if not 0 < drift_share <= 1:
@@ -573,6 +601,11 @@ def compute(
     else:
         kinds, decided = resolve_columns(reference, current, features)
         profile = None
+    for arg, what in ((method, "method"), (threshold, "threshold")):
+        if isinstance(arg, Mapping):
+            unknown = sorted(str(k) for k in arg if str(k) not in kinds and str(k) not in decided)
+            if unknown:
+                raise DriftError(f"{what} names features that are not compared: {unknown}")
     for name in kinds:
         m = _per_feature(method, name)
         if m is not None:
@@ -608,7 +641,7 @@ def compute(
             _unseen(f, ref_sample, cur_sample)
         if ref_sample.n == 0:
             f.status, f.reason = "skipped", "empty_reference"
-        elif cur_sample.n == 0 and cur_stats.rows >= min_rows:
+        elif cur_sample.n == 0:
             f.status, f.reason = "insufficient_data", "empty_current"
         elif cur_sample.n < min_rows:
             f.status, f.reason = (
@@ -623,7 +656,9 @@ def compute(
             f.method = meth.name
             f.method_source = "override" if m_name else "default"
             t = _per_feature(threshold, name)
-            f.threshold = float(t) if t is not None else meth.default_threshold
+            f.threshold = (
+                _check_threshold(name, meth, t) if t is not None else meth.default_threshold
+            )
             f.threshold_source = "override" if t is not None else "default"
             to_score[name] = (ref_sample, cur_sample, f)
         result.features[name] = f
@@ -642,10 +677,51 @@ def compute(
         spark_engine.score(profile.frame(), current, to_score)
     _check_accounted(result, features)
     for f in result.features.values():
-        if f.status == "skipped":
-            result.warnings.append(f"feature {f.name!r} skipped: {f.reason}")
+        if f.status in ("skipped", "undefined"):
+            result.warnings.append(f"feature {f.name!r} {f.status}: {f.reason}")
+    short = [f.name for f in result.features.values() if f.status == "insufficient_data"]
+    if short:
+        result.warnings.append(
+            f"{len(short)} feature(s) without a verdict: fewer than min_rows={min_rows} usable "
+            f"current values ({', '.join(short[:5])}{', ...' if len(short) > 5 else ''})"
+        )
     result.duration_seconds = time.perf_counter() - started
     return result
+
+
+def _frame_arg(frame: Any, what: str) -> pd.DataFrame:
+    """``frame`` as a DataFrame with unique string column names.
+
+    Integer column names (``pd.DataFrame(ndarray)``) become their string form.
+
+    Raises:
+        DriftError: not a DataFrame, or two columns share a name.
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise DriftError(f"{what} must be a pandas DataFrame, not {type(frame).__name__}")
+    if not all(isinstance(c, str) for c in frame.columns):
+        frame = frame.rename(columns=str)
+    dup = frame.columns[frame.columns.duplicated()].unique().tolist()
+    if dup:
+        raise DriftError(f"{what} has duplicate column names: {dup}")
+    return frame
+
+
+def _check_threshold(name: str, meth: Method, t: Any) -> float:
+    """A user threshold as a float, or a DriftError saying why it cannot be one."""
+    if isinstance(t, bool) or not isinstance(t, int | float | np.integer | np.floating):
+        raise DriftError(f"feature {name!r}: threshold must be a number, not {t!r}")
+    value = float(t)
+    if meth.kind == "p_value" and not 0 < value < 1:
+        raise DriftError(
+            f"feature {name!r}: threshold {value} of p-value method {meth.name!r} must be in (0, 1)"
+        )
+    if meth.kind == "distance" and not (math.isfinite(value) and value >= 0):
+        raise DriftError(
+            f"feature {name!r}: threshold {value} of distance method {meth.name!r} "
+            "must be finite and >= 0"
+        )
+    return value
 
 
 def _check_accounted(result: DriftResult, features: Mapping[str, str] | list[str] | None) -> None:
@@ -705,6 +781,7 @@ def set_score(
         return
     f.score = float(score)
     f.drifted = bool(drifted)
-    f.note = note
+    if note:  # keep a note the pipeline already made (e.g. the Spark engine's method swap)
+        f.note = f"{f.note}; {note}" if f.note else note
     if details:
         f.details.update(details)

@@ -104,6 +104,8 @@ def methods_for(spec: MonitorSpec, model: ModelSpec) -> tuple[dict[str, str], di
     methods: dict[str, str] = {}
     thresholds: dict[str, float] = {}
     for f in model.features:
+        if f.pii:  # never captured, so never compared
+            continue
         m = f.drift_method or spec.drift.method
         if m:
             methods[f.name] = m
@@ -125,8 +127,8 @@ def load_current(
         return read_table(opts.current), None
     if model.capture is None:
         raise DriftError(
-            f"model {model.name!r} has no capture store; add models[].capture "
-            "or pass --current FILE"
+            f"model {model.name!r} has no capture store: add models[].capture "
+            "(monitor drift run also takes --current FILE)"
         )
     end = opts.now if opts.now is not None else time.time()
     start = end - (opts.since if opts.since is not None else spec.drift.window_seconds)
@@ -136,6 +138,12 @@ def load_current(
         table = read_capture(model.capture.dir, since=start, until=end, model=model.name)
     except CaptureError as e:
         raise DriftError(f"model {model.name!r}: {e}") from e
+    if table.num_rows == 0:
+        # no traffic in the window: an empty frame with the capture's columns, so
+        # every feature is insufficient_data (quiet traffic), not missing_in_current
+        from monitor.capture import capture_schema
+
+        return capture_schema(model).empty_table().to_pandas(), (start, end)
     return table.to_pandas(), (start, end)
 
 
@@ -202,7 +210,11 @@ def run_once(
                 f"drift.min_rows={spec.drift.min_rows}",
             )
         if model.labels is not None:
-            result.quality = _quality(model, current)
+            try:
+                result.quality = _quality(model, current)
+            except DriftError as e:  # no labels yet must not stop drift monitoring
+                result.quality = {"skipped": {"all": str(e)}, "rows": 0, "metrics": {}}
+                result.warnings.append(f"model quality skipped: {e}")
         result.duration_seconds = time.perf_counter() - started
         if opts.out is not None:
             write_outputs(result, profile, current, opts.out, html=opts.html)
@@ -306,6 +318,9 @@ def _atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; reports are for readers
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -327,7 +342,7 @@ def write_outputs(
     evidently installed it is the table alone, with a note.
     """
     _atomic_write(
-        out / "drift.json", json.dumps(result.to_dict(), indent=2, sort_keys=False) + "\n"
+        out / "drift.json", json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
     )
     if not html:
         return
@@ -584,7 +599,10 @@ def serve(
         raise DriftError("no model has a baseline (models[].baseline): nothing to compare")
     registry = registry or CollectorRegistry()
     collector = DriftCollector(registry)
-    server, thread = start_http_server(listen[1], addr=listen[0], registry=registry)
+    try:
+        server, thread = start_http_server(listen[1], addr=listen[0], registry=registry)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot listen on {listen[0]}:{listen[1]}: {e.strerror}") from e
     stop = stop or threading.Event()
     if ready is not None:
         ready.set()

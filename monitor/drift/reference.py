@@ -82,9 +82,16 @@ class ReferenceProfile:
         decided: dict[str, FeatureDrift] = {}
         for name in names:
             if name in self.decided:
-                decided[name] = self.decided[name]
+                f = self.decided[name]
+                if f.reason.startswith("missing_in_"):  # absent from the baseline; and now?
+                    in_cur = name in current.columns
+                    reason = "missing_in_reference" if in_cur else "missing_in_both"
+                    f = FeatureDrift(name, f.type, "skipped", reason)
+                decided[name] = f
             elif name not in self.kinds:
-                decided[name] = FeatureDrift(name, "unknown", "skipped", "missing_in_reference")
+                in_cur = name in current.columns
+                reason = "missing_in_reference" if in_cur else "missing_in_both"
+                decided[name] = FeatureDrift(name, "unknown", "skipped", reason)
             elif name not in current.columns:
                 decided[name] = FeatureDrift(
                     name, self.kinds[name], "skipped", "missing_in_current"
@@ -123,6 +130,15 @@ def read_table(path: str | Path) -> pd.DataFrame:
         DriftError: the file is missing, unreadable or neither Parquet nor CSV.
     """
     p = Path(path)
+    if p.is_dir():
+        if not any(p.glob("*.parquet")):
+            raise DriftError(
+                f"{p} is a directory without *.parquet files; pass a Parquet or CSV file"
+            )
+        try:
+            return pd.read_parquet(p)
+        except Exception as e:
+            raise DriftError(f"{p}: cannot read the directory as one Parquet dataset: {e}") from e
     if not p.is_file():
         raise DriftError(f"{p}: no such file")
     try:
@@ -174,6 +190,8 @@ def load_reference(
             ignored (the profile is rebuilt), never fatal.
     """
     p = Path(path)
+    if p.is_dir():
+        raise DriftError(f"baseline {p} is a directory; pass one Parquet or CSV file")
     if not p.is_file():
         raise DriftError(f"baseline {p}: no such file")
     key_features = json.dumps(

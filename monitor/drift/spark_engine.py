@@ -40,10 +40,10 @@ values); > 1000 rows -> ``wasserstein`` for every numerical column (pandas:
 ``jensenshannon`` when <= 5 distinct values) and ``jensenshannon`` for
 categorical ones. This engine does not use that choice: every feature gets the
 fast engine's (= pandas evidently's) choice, passed to evidently explicitly, so
-engines agree on the method. A default choice Spark lacks (``ks``, ``z``: small
-references) leaves the feature ``undefined`` with reason
-``method_not_in_spark_engine: <name>``; an explicit override Spark lacks raises
-:class:`~monitor.errors.DriftError`.
+engines agree on the method. A default choice Spark lacks (``ks`` or ``z``:
+references of 1000 rows or fewer) is replaced by ``wasserstein`` (for ``ks``) or
+``chisquare`` (for ``z``), and the feature's ``note`` says so; an explicit
+override Spark lacks raises :class:`~monitor.errors.DriftError`.
 
 Session: one per process (``SparkSession.builder.getOrCreate``; an active
 session, e.g. under ``spark-submit``, is reused as it is). Master ``local[2]``
@@ -182,8 +182,8 @@ def _features(to_score: ToScore) -> dict[str, FeatureDrift]:
 def check_methods(features: Mapping[str, FeatureDrift]) -> dict[str, FeatureDrift]:
     """The features the Spark engine can score; the others are decided here.
 
-    A default method the Spark engine lacks -> ``undefined`` with reason
-    ``method_not_in_spark_engine: <name>``; features not ``ok`` or without a
+    A default method the Spark engine lacks is replaced (``ks`` -> ``wasserstein``,
+    ``z`` -> ``chisquare``) with a ``note``; features not ``ok`` or without a
     method are left out.
 
     Raises:
@@ -203,7 +203,14 @@ def check_methods(features: Mapping[str, FeatureDrift]) -> dict[str, FeatureDrif
                 f"engine; use engine 'fast' or 'evidently', or one of {', '.join(SPARK_METHODS)}"
             )
         else:
-            f.status, f.reason = "undefined", f"method_not_in_spark_engine: {f.method}"
+            # evidently's Spark engine has no ks or z: use what evidently picks for a
+            # reference over 1000 rows (the Spark engine's own use case), and say so
+            lacking = f.method
+            f.method = "wasserstein" if f.type == "numerical" and lacking == "ks" else "chisquare"
+            if f.threshold_source == "default":
+                f.threshold = METHODS[f.method].default_threshold
+            f.note = f"{lacking} has no Spark implementation in evidently; {f.method} used instead"
+            out[name] = f
     return out
 
 
