@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SERVERS := $(VENV)/servers
-DEB_PACKAGES := prometheus prometheus-alertmanager prometheus-pushgateway nginx-light wrk
+DEB_PACKAGES := prometheus prometheus-alertmanager prometheus-pushgateway postgresql nginx-light wrk
 PYTEST_ARGS ?=
 
 .PHONY: help venv servers system-deps test lint format generate demo bench bench-drift soak clean
@@ -21,7 +21,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,otlp,demo,drift,spark]'
+	$(BIN)/pip install -q -e '.[dev,otlp,demo,drift,spark,postgres]'
 	@touch $@
 
 venv: $(VENV)/.installed ## Create .venv with the package, its extras and the dev tools

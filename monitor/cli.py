@@ -300,3 +300,26 @@ def drift_serve(config: Path, metrics_listen: str, html: bool) -> None:
     except OSError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+
+
+@main.command()
+@click.option(
+    "--config", "config", required=True, type=click.Path(path_type=Path), help="monitor.yaml"
+)
+@click.option("--listen", default=None, help="HOST:PORT (default mitigator.listen).")
+def mitigator(config: Path, listen: str | None) -> None:
+    """Receive Alertmanager webhooks and run the spec's mitigations."""
+    from monitor.mitigator.service import run_mitigator
+    from monitor.sidecar.app import parse_listen
+
+    try:
+        spec = load_spec(config)
+        run_mitigator(spec, parse_listen(listen or spec.mitigator.listen))
+    except MonitorError as exc:
+        _fail(exc)
+    except OSError as exc:
+        click.echo(
+            f"error: cannot listen on {listen or spec.mitigator.listen}: {exc.strerror or exc}",
+            err=True,
+        )
+        sys.exit(1)

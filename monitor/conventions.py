@@ -296,9 +296,23 @@ MITIGATION_ACTIONS_TOTAL: Final = metric("mitigation_actions_total")
 MITIGATION_ACTION_DURATION_SECONDS: Final = metric("mitigation_action_duration_seconds")
 WEBHOOK_NOTIFICATIONS_TOTAL: Final = metric("webhook_notifications_total")
 WEBHOOK_DUPLICATES_TOTAL: Final = metric("webhook_duplicates_total")
+WEBHOOK_TRUNCATED_ALERTS_TOTAL: Final = metric("webhook_truncated_alerts_total")
+"""Counter: alerts Alertmanager left out of notifications (``truncatedAlerts``)."""
+MITIGATION_JOBS_PENDING: Final = metric("mitigation_jobs_pending")
+MITIGATOR_STORE_UP: Final = metric("mitigator_store_up")
+MITIGATION_SKIPPED: Final = "skipped"
+"""``outcome`` of a job that a cooldown, a rate limit or a removed policy kept from running."""
 ROUTE_WEIGHT: Final = metric("route_weight")
+"""Gauge per ``{model, upstream}``: share of new requests the sidecar routes to the
+``primary`` or ``fallback`` upstream (sums to 1; only ``primary`` without a fallback)."""
 QUARANTINED: Final = metric("quarantined")
+"""Gauge 0/1 per ``{model}``: the control API quarantined the replica (``/-/ready`` 503)."""
 REQUESTS_SHED_TOTAL: Final = metric("requests_shed_total")
+"""Counter per ``{model}``: requests answered 503 by the sidecar's concurrency limit."""
+CONCURRENCY_LIMIT: Final = metric("concurrency_limit")
+"""Gauge per ``{model}``: the control API's concurrency limit; 0 when there is none."""
+UPSTREAM_PRIMARY: Final = "primary"
+UPSTREAM_FALLBACK: Final = "fallback"
 
 MITIGATION_SUCCESS: Final = "success"
 MITIGATION_FAILURE: Final = "failure"

@@ -264,6 +264,23 @@ class TimeoutSpec(_Model):
     expiry answers 504 (or aborts a stream already under way)."""
 
 
+class ControlSpec(_Model):
+    """The sidecar's control API (routing, load shedding, quarantine), used by the mitigator."""
+
+    token_file: Path | None = None
+    """File holding the bearer token the control API requires."""
+    token_env: str | None = None
+    """Environment variable holding that token (instead of ``token_file``)."""
+    state_file: Path | None = None
+    """Where the control state survives restarts (default ``./sidecar-<model>.control.json``)."""
+
+    @model_validator(mode="after")
+    def _one_token(self) -> ControlSpec:
+        if self.token_file is not None and self.token_env is not None:
+            raise ValueError("give token_file or token_env, not both")
+        return self
+
+
 class ModelSpec(_Model):
     """One model server the sidecar sits in front of."""
 
@@ -311,6 +328,16 @@ class ModelSpec(_Model):
     feature (the training set, or a sample of it)."""
     labels: LabelSpec | None = None
     """Delayed labels joined with captured predictions by request id (model quality)."""
+    fallback_upstream: str | None = None
+    """Base URL of a fallback model server (``http://host:port``): the control API can
+    route a share of traffic, or all of it, there (mitigation ``shift to fallback``)."""
+    control: ControlSpec | None = None
+    """The sidecar's control API; omitted = disabled (404)."""
+
+    @field_validator("fallback_upstream")
+    @classmethod
+    def _fallback(cls, v: str | None) -> str | None:
+        return None if v is None else cls._upstream(v)
 
     _check = field_validator("name", "upstream_name")(
         classmethod(lambda cls, v: v if v is None else _check_name(v))
@@ -583,6 +610,8 @@ class MitigationSpec(_Model):
     """Rate limit of this policy (default none)."""
     revert_on_resolve: bool = False
     """Undo the action when the alert resolves (default false)."""
+    min_firing_seconds: Annotated[float, Field(ge=0)] = 0.0
+    """Act only on alerts firing at least this long (from ``startsAt``; default 0)."""
     revert_hold_seconds: Annotated[float, Field(ge=0)] = 0.0
     """Seconds the alert must stay resolved before the revert (default 0)."""
     dry_run: bool = False
@@ -606,6 +635,47 @@ class MitigationSpec(_Model):
         return v
 
 
+class MitigatorSpec(_Model):
+    """``monitor mitigator``: the Alertmanager webhook receiver that runs mitigations."""
+
+    listen: str = "127.0.0.1:9500"
+    """``HOST:PORT`` of the webhook (``POST /v1/alerts``) and ``/metrics``."""
+    token_file: Path | None = None
+    """File holding the bearer token Alertmanager must send (``alerting.mitigator_credentials_file``
+    names the same file for the generated alertmanager.yml)."""
+    token_env: str | None = None
+    """Environment variable holding that token (instead of ``token_file``)."""
+    store: str = "sqlite:///./mitigator.db"
+    """``sqlite:///PATH`` (WAL; default ``./mitigator.db``) or ``postgresql://...`` for replicas."""
+    prometheus_url: str | None = None
+    """Prometheus to ask before a revert whether the alert's series still exist (case C23)."""
+    max_actions_per_hour: Annotated[int, Field(ge=1)] = 30
+    """Global rate limit over all policies (default 30)."""
+    max_body_bytes: Annotated[int, Field(gt=0)] = 1 << 20
+    """Larger webhook bodies are answered 413 (default 1 MiB)."""
+    action_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    """Timeout of one attempt of an action (default 30 s)."""
+    retries: Annotated[int, Field(ge=0)] = 3
+    """Retries of a failed attempt, with exponential backoff and jitter (default 3)."""
+    escalation_url: str | None = None
+    """Webhook paged when an action fails for good (default ``alerting.pager.url``)."""
+
+    _urls = field_validator("prometheus_url", "escalation_url")(
+        classmethod(lambda cls, v: _check_http_url(v))
+    )
+
+    @model_validator(mode="after")
+    def _one_token(self) -> MitigatorSpec:
+        if self.token_file is not None and self.token_env is not None:
+            raise ValueError("give token_file or token_env, not both")
+        if not (
+            self.store.startswith("sqlite:///")
+            or self.store.startswith(("postgresql://", "postgres://"))
+        ):
+            raise ValueError("store: must be sqlite:///PATH or postgresql://...")
+        return self
+
+
 class MonitorSpec(_Model):
     """The whole ``monitor.yaml``."""
 
@@ -625,6 +695,8 @@ class MonitorSpec(_Model):
     """Drift job schedule and verdict rules."""
     mitigations: list[MitigationSpec] = []
     """Automated mitigation policies."""
+    mitigator: MitigatorSpec = MitigatorSpec()
+    """Settings of ``monitor mitigator``."""
 
     _check = field_validator("service")(classmethod(lambda cls, v: _check_name(v)))
 

@@ -149,7 +149,8 @@ def test_the_walk_reaches_every_model_of_the_spec() -> None:
     assert names == {
         "MonitorSpec", "ModelSpec", "FeatureSpec", "OutputSpec",
         "CaptureSpec", "TimeoutSpec", "TracingSpec", "SLOSpec", "AlertingSpec",
-        "ReceiverSpec", "DriftSpec", "MitigationSpec", "LabelSpec",
+        "ReceiverSpec", "DriftSpec", "MitigationSpec", "LabelSpec", "MitigatorSpec",
+        "ControlSpec",
     }  # fmt: skip
 
 

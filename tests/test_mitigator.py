@@ -1,0 +1,359 @@
+"""``monitor mitigator`` as a real process: auth, bad bodies, per-alert decisions (C26),
+duplicate deliveries (C28), cooldown and dry run, a kill mid-action, a real
+Alertmanager delivering, and a fuzz of random bodies (never a 5xx)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from monitor.procs import ManagedProcess, free_ports
+from tests.support import Metrics, require_tool
+
+MONITOR = [sys.executable, "-m", "monitor"]
+TOKEN = "s3cret-token"
+
+C26 = {
+    "version": "4", "receiver": "mitigator", "status": "firing", "truncatedAlerts": 0,
+    "groupKey": '{}:{alertname="ModelErrorRateHigh"}',
+    "groupLabels": {"alertname": "ModelErrorRateHigh"},
+    "commonLabels": {"alertname": "ModelErrorRateHigh", "severity": "page"},
+    "commonAnnotations": {}, "externalURL": "http://alertmanager.example:9093",
+    "alerts": [
+        {"status": "firing", "labels": {"alertname": "ModelErrorRateHigh", "model": "m1", "severity": "page"},  # noqa: E501
+         "annotations": {}, "startsAt": "2025-03-01T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+         "generatorURL": "", "fingerprint": "a1b2c3d4e5f60718"},
+        {"status": "resolved", "labels": {"alertname": "ModelErrorRateHigh", "model": "m2", "severity": "page"},  # noqa: E501
+         "annotations": {}, "startsAt": "2025-03-01T09:40:00Z", "endsAt": "2025-03-01T10:05:00Z",
+         "generatorURL": "", "fingerprint": "0f1e2d3c4b5a6978"},
+    ],
+}  # fmt: skip
+
+
+def _recorder(path: Path, sleep: float = 0.0) -> list[str]:
+    """A command action that appends the alert it got on stdin to ``path`` (one line per run)."""
+    code = (  # noqa: UP031 - the program text is easier to read with %r
+        "import json, sys, time; a = json.load(sys.stdin); time.sleep(%r); "
+        "open(%r, 'a').write(json.dumps([a['status'], a['labels'].get('model'), a['fingerprint']]) + '\\n')"  # noqa: E501
+    ) % (sleep, str(path))
+    return [sys.executable, "-c", code]
+
+
+class Mitigator(ManagedProcess):
+    """``monitor mitigator`` on a free port with a token file and a SQLite store."""
+
+    def __init__(
+        self, tmp: Path, policies: list[dict[str, Any]], port: int | None = None, **mitigator: Any
+    ) -> None:
+        self.port = port or free_ports(1)[0]
+        (tmp / "token").write_text(TOKEN + "\n")
+        spec = {
+            "apiVersion": "monitor/v1",
+            "service": "t",
+            "models": [{"name": "m1", "upstream": "http://127.0.0.1:9"}],
+            "mitigations": policies,
+            "mitigator": {"token_file": str(tmp / "token"), "store": f"sqlite:///{tmp / 'mitigator.db'}",  # noqa: E501
+                          "listen": f"127.0.0.1:{self.port}", "retries": 1, **mitigator},
+        }  # fmt: skip
+        (tmp / "monitor.yaml").write_text(yaml.safe_dump(spec))
+        super().__init__(
+            [*MONITOR, "mitigator", "--config", str(tmp / "monitor.yaml")],
+            ready_url=f"http://127.0.0.1:{self.port}/-/ready",
+            log_path=tmp / f"mitigator-{self.port}.log",
+            name="mitigator",
+            ready_timeout_s=30,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def post(
+        self, body: bytes | dict[str, Any], token: str | None = TOKEN
+    ) -> tuple[int, dict[str, Any]]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(
+            f"{self.url}/v1/alerts", data=data, headers=headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def actions(self) -> list[dict[str, Any]]:
+        req = urllib.request.Request(
+            f"{self.url}/v1/actions", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return list(json.loads(resp.read())["actions"])
+
+    def metrics(self) -> Metrics:
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as resp:
+            return Metrics(resp.read().decode())
+
+    def wait_done(self, n: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            acts = [a for a in self.actions() if a["state"] == "done"]
+            if len(acts) >= n:
+                return acts
+            time.sleep(0.1)
+        raise AssertionError(f"{n} done actions expected: {self.actions()}\n{self.log_tail()}")
+
+
+def _policy(out: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": "rollback",
+        "match": {"alertname": "ModelErrorRateHigh"},
+        "action": {"type": "command", "argv": _recorder(out)},
+        "revert": {"type": "command", "argv": _recorder(out)},
+        "cooldown_seconds": 0,
+        **extra,
+    }
+
+
+def _lines(path: Path) -> list[list[Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_auth_size_and_shape_are_checked_before_anything_runs(tmp_path: Path) -> None:
+    out = tmp_path / "ran.jsonl"
+    with Mitigator(tmp_path, [_policy(out)], max_body_bytes=4096) as m:
+        assert m.post(C26, token=None)[0] == 401
+        assert m.post(C26, token="wrong")[0] == 401
+        status, body = m.post(b"{not json")
+        assert status == 400 and body["error"].startswith("body is not JSON")
+        status, body = m.post({**C26, "version": "3"})
+        assert (status, body["error"]) == (400, "version: expected \"4\", got '3'")
+        bad = json.loads(json.dumps(C26))
+        bad["alerts"][0]["startsAt"] = "yesterday"
+        status, body = m.post(bad)
+        assert (status, body["error"]) == (
+            400,
+            "alerts[0].startsAt: expected an RFC 3339 time, got 'yesterday'",
+        )
+        assert m.post(b"x" * 5000)[0] == 413
+        assert (
+            m.post({**C26, "notification_reason": "new", "alerts": []})[0] == 200
+        )  # unknown fields tolerated
+        metrics = m.metrics()
+        assert metrics.get("mlmon_webhook_notifications_total", result="unauthorized") == 2
+        assert metrics.get("mlmon_webhook_notifications_total", result="invalid") == 3
+        assert metrics.get("mlmon_webhook_notifications_total", result="too_large") == 1
+        time.sleep(0.5)
+    assert _lines(out) == []  # nothing ran
+
+
+def test_c26_each_alert_is_decided_by_its_own_status(tmp_path: Path) -> None:
+    out = tmp_path / "ran.jsonl"
+    with Mitigator(tmp_path, [_policy(out, revert_on_resolve=True)]) as m:
+        status, body = m.post(C26)
+        assert status == 200
+        # m1 fires: its apply. m2 is resolved: its revert, which finds nothing applied.
+        assert body["planned"] == [
+            "a1b2c3d4e5f60718|2025-03-01T10:00:00Z|rollback|apply",
+            "0f1e2d3c4b5a6978|2025-03-01T09:40:00Z|rollback|revert",
+        ]
+        acts = {a["alert"]["labels"]["model"]: a for a in m.wait_done(2)}
+    assert (acts["m1"]["kind"], acts["m1"]["outcome"]) == ("apply", "success")
+    assert (acts["m2"]["kind"], acts["m2"]["outcome"]) == ("revert", "skipped")
+    assert acts["m2"]["detail"] == "nothing to revert (no apply for this alert)"
+    assert _lines(out) == [["firing", "m1", "a1b2c3d4e5f60718"]]
+
+
+def test_c28_duplicate_deliveries_run_the_action_once_and_resolve_reverts(tmp_path: Path) -> None:
+    out = tmp_path / "ran.jsonl"
+    firing = {**C26, "alerts": [C26["alerts"][0]]}
+    with Mitigator(tmp_path, [_policy(out, revert_on_resolve=True)]) as m:
+        assert m.post(firing)[0] == 200
+        time.sleep(1.5)
+        status, body = m.post(firing)
+        assert (status, body["planned"], body["duplicates"]) == (200, [], 1)
+        m.wait_done(1)
+        resolved = json.loads(json.dumps(firing))
+        resolved["alerts"][0].update(status="resolved", endsAt="2025-03-01T10:05:00Z")
+        status, body = m.post(resolved)
+        assert body["planned"] == ["a1b2c3d4e5f60718|2025-03-01T10:00:00Z|rollback|revert"]
+        assert m.post(resolved)[1]["duplicates"] == 1  # the resolve delivered twice: one revert
+        acts = m.wait_done(2)
+        assert m.metrics().get("mlmon_webhook_duplicates_total") == 2
+    assert _lines(out) == [
+        ["firing", "m1", "a1b2c3d4e5f60718"],
+        ["resolved", "m1", "a1b2c3d4e5f60718"],
+    ]
+    assert sorted((a["kind"], a["outcome"]) for a in acts) == [
+        ("apply", "success"),
+        ("revert", "success"),
+    ]
+
+
+def test_cooldown_skips_a_second_alert_and_dry_run_only_records(tmp_path: Path) -> None:
+    out = tmp_path / "ran.jsonl"
+    other = json.loads(json.dumps(C26["alerts"][0]))
+    other.update(fingerprint="ffff000011112222", labels={**other["labels"], "model": "m3"})
+    policies = [
+        _policy(out, cooldown_seconds=600),
+        {**_policy(out), "name": "audit-only", "match": {"alertname": "ModelErrorRateHigh", "model": "m3"}, "dry_run": True},  # noqa: E501
+    ]  # fmt: skip
+    with Mitigator(tmp_path, policies) as m:
+        m.post({**C26, "alerts": [C26["alerts"][0]]})
+        m.wait_done(1)
+        m.post({**C26, "alerts": [other]})
+        acts = m.wait_done(3)
+        metrics = m.metrics()
+    by = {(a["policy"], a["alert"]["labels"]["model"]): a for a in acts}
+    assert by[("rollback", "m1")]["outcome"] == "success"
+    assert by[("rollback", "m3")]["outcome"] == "skipped"
+    assert by[("rollback", "m3")]["detail"].startswith("cooldown: policy acted")
+    assert by[("audit-only", "m3")]["outcome"] == "dry_run"
+    assert _lines(out) == [["firing", "m1", "a1b2c3d4e5f60718"]]
+    assert (
+        metrics.get(
+            "mlmon_mitigation_actions_total",
+            policy="audit-only",
+            action="command",
+            outcome="dry_run",
+        )
+        == 1
+    )
+
+
+def test_a_failing_action_is_retried_then_failed_and_counted(tmp_path: Path) -> None:
+    policy = {
+        **_policy(tmp_path / "x"),
+        "action": {"type": "command", "argv": [sys.executable, "-c", "raise SystemExit(3)"]},
+    }
+    with Mitigator(tmp_path, [policy]) as m:
+        m.post({**C26, "alerts": [C26["alerts"][0]]})
+        (act,) = m.wait_done(1)
+        metrics = m.metrics()
+    assert (act["outcome"], act["attempts"]) == ("failure", 2)  # retries: 1
+    assert act["detail"].startswith("command ") and "exit status 3" in act["detail"]
+    assert (
+        metrics.get(
+            "mlmon_mitigation_actions_total", policy="rollback", action="command", outcome="failure"
+        )
+        == 1
+    )
+
+
+def test_killed_mid_action_the_restart_resumes_it_and_nothing_is_lost(tmp_path: Path) -> None:
+    out = tmp_path / "ran.jsonl"
+    policy = {**_policy(out), "action": {"type": "command", "argv": _recorder(out, sleep=3.0)}}
+    m = Mitigator(tmp_path, [policy])
+    m.start()
+    try:
+        assert m.post({**C26, "alerts": [C26["alerts"][0]]})[0] == 200
+        deadline = time.monotonic() + 10
+        while not [a for a in m.actions() if a["state"] == "running"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        import psutil
+
+        children = psutil.Process(m.pid).children(recursive=True)
+        os.killpg(m.pid, signal.SIGKILL)  # mid-action, and the command with it (a pod killed whole)
+        for child in children:
+            child.kill()
+        time.sleep(0.5)
+    finally:
+        m.stop()
+    assert _lines(out) == []
+    with Mitigator(tmp_path, [policy], port=m.port) as m2:  # same address: same owner in the store
+        (act,) = m2.wait_done(1, timeout=30)
+    assert act["outcome"] == "success" and act["attempts"] == 1
+    assert _lines(out) == [["firing", "m1", "a1b2c3d4e5f60718"]]
+
+
+def test_a_real_alertmanager_delivers_and_its_resolve_reverts(tmp_path: Path) -> None:
+    alertmanager = require_tool("prometheus-alertmanager")
+    out = tmp_path / "ran.jsonl"
+    (am_port,) = free_ports(1)
+    with Mitigator(tmp_path, [_policy(out, revert_on_resolve=True)]) as m:
+        cfg = {
+            "route": {"receiver": "mitigator", "group_wait": "0s", "group_interval": "1s", "repeat_interval": "1h"},  # noqa: E501
+            "receivers": [{"name": "mitigator", "webhook_configs": [{
+                "url": f"{m.url}/v1/alerts", "send_resolved": True,
+                "http_config": {"authorization": {"credentials_file": str(tmp_path / "token")}},
+            }]}],
+        }  # fmt: skip
+        (tmp_path / "am.yml").write_text(yaml.safe_dump(cfg))
+        am = ManagedProcess(
+            [alertmanager, f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path / 'am'}",  # noqa: E501
+             f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="],
+            ready_url=f"http://127.0.0.1:{am_port}/-/ready", log_path=tmp_path / "am.log",
+            name="alertmanager", ready_timeout_s=30,
+        )  # fmt: skip
+        with am:
+            alert = {
+                "labels": {"alertname": "ModelErrorRateHigh", "model": "m1", "severity": "page"}
+            }
+
+            def send(extra: dict[str, Any]) -> None:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{am_port}/api/v2/alerts", data=json.dumps([{**alert, **extra}]).encode(),  # noqa: E501
+                    headers={"Content-Type": "application/json"}, method="POST",
+                )  # fmt: skip
+                urllib.request.urlopen(req, timeout=5).close()
+
+            started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 5))
+            send({"startsAt": started})
+            m.wait_done(1, timeout=30)
+            ended = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            send({"startsAt": started, "endsAt": ended})  # the same alert, resolved now
+            acts = m.wait_done(2, timeout=30)
+    assert [line[0] for line in _lines(out)] == ["firing", "resolved"], acts
+    assert sorted(a["kind"] for a in acts) == ["apply", "revert"]
+
+
+def test_fuzzed_bodies_get_4xx_or_200_never_5xx(tmp_path: Path) -> None:
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    json_values = st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False)
+        | st.text(max_size=20),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+        ),
+        max_leaves=20,
+    )
+    alert = st.fixed_dictionaries(
+        {"status": st.sampled_from(["firing", "resolved", "x"]),
+         "labels": st.dictionaries(st.sampled_from(["alertname", "model", "x"]), st.text(max_size=8), max_size=3),  # noqa: E501
+         "startsAt": st.sampled_from(["2025-03-01T10:00:00Z", "0001-01-01T00:00:00Z", "nope", "2025-03-01T10:00:00.123456789+02:00"]),  # noqa: E501
+         "fingerprint": st.text(max_size=10)},
+        optional={"endsAt": json_values, "annotations": json_values},
+    )  # fmt: skip
+    payload = st.fixed_dictionaries(
+        {"version": st.sampled_from(["4", 4, "3"]), "alerts": st.lists(alert, max_size=3)},
+        optional={"truncatedAlerts": json_values, "status": json_values, "groupKey": json_values},
+    )
+    bodies = (
+        st.binary(max_size=200)
+        | json_values.map(lambda v: json.dumps(v).encode())
+        | payload.map(lambda v: json.dumps(v).encode())
+    )
+
+    with Mitigator(tmp_path, [_policy(tmp_path / "ran.jsonl", dry_run=True)]) as m:
+
+        @hypothesis.settings(max_examples=150, deadline=None, database=None)
+        @hypothesis.given(bodies)
+        def check(body: bytes) -> None:
+            status, _ = m.post(body)
+            assert status in (200, 400), body
+
+        check()
+        assert m.running
