@@ -53,14 +53,19 @@ class Mitigator(ManagedProcess):
     """``monitor mitigator`` on a free port with a token file and a SQLite store."""
 
     def __init__(
-        self, tmp: Path, policies: list[dict[str, Any]], port: int | None = None, **mitigator: Any
+        self,
+        tmp: Path,
+        policies: list[dict[str, Any]],
+        port: int | None = None,
+        models: list[dict[str, Any]] | None = None,
+        **mitigator: Any,
     ) -> None:
         self.port = port or free_ports(1)[0]
         (tmp / "token").write_text(TOKEN + "\n")
         spec = {
             "apiVersion": "monitor/v1",
             "service": "t",
-            "models": [{"name": "m1", "upstream": "http://127.0.0.1:9"}],
+            "models": models or [{"name": "m1", "upstream": "http://127.0.0.1:9"}],
             "mitigations": policies,
             "mitigator": {"token_file": str(tmp / "token"), "store": f"sqlite:///{tmp / 'mitigator.db'}",  # noqa: E501
                           "listen": f"127.0.0.1:{self.port}", "retries": 1, **mitigator},
@@ -357,3 +362,57 @@ def test_fuzzed_bodies_get_4xx_or_200_never_5xx(tmp_path: Path) -> None:
 
         check()
         assert m.running
+
+
+def test_a_sidecar_action_shifts_a_real_sidecar_to_its_fallback_and_the_resolve_shifts_back(
+    tmp_path: Path,
+) -> None:
+    """The mitigator calls the sidecar's control API with the model's control token."""
+    from tests.support import FaultServer, sidecar
+    from tests.test_sidecar_control import control_spec
+
+    side_dir = tmp_path / "side"
+    side_dir.mkdir()
+    with FaultServer(side_dir) as primary, FaultServer(side_dir) as fallback:
+        spec = control_spec(side_dir, primary, fallback)
+        with sidecar(spec, log_dir=side_dir) as side:
+            admin = f"http://127.0.0.1:{side.metrics_port}"
+            policy = {
+                "name": "shift-to-fallback",
+                "match": {"alertname": "ModelErrorRateHigh"},
+                "action": {
+                    "type": "sidecar",
+                    "op": "route",
+                    "fallback_weight": 1.0,
+                    "urls": [admin],
+                },
+                "revert_on_resolve": True,
+                "cooldown_seconds": 0,
+            }
+            models = [{"name": "m1", "upstream": primary.url,
+                       "control": {"token_file": str(side_dir / "token")}}]  # fmt: skip
+            firing = {**C26, "alerts": [C26["alerts"][0]]}
+            with Mitigator(tmp_path, [policy], models=models) as m:
+
+                def weight() -> float:
+                    req = urllib.request.Request(
+                        f"{admin}/v1/control", headers={"Authorization": f"Bearer {(side_dir / 'token').read_text().strip()}"}  # noqa: E501
+                    )  # fmt: skip
+                    with urllib.request.urlopen(req, timeout=5) as resp:
+                        return float(json.loads(resp.read())["fallback_weight"])
+
+                assert weight() == 0.0
+                m.post(firing)
+                (act,) = m.wait_done(1)
+                assert (act["outcome"], weight()) == ("success", 1.0), act
+                resolved = json.loads(json.dumps(firing))
+                resolved["alerts"][0].update(status="resolved", endsAt="2025-03-01T10:05:00Z")
+                m.post(resolved)
+                acts = m.wait_done(2)
+                assert weight() == 0.0
+                metrics = side.scrape()
+    assert sorted((a["kind"], a["outcome"]) for a in acts) == [
+        ("apply", "success"),
+        ("revert", "success"),
+    ]
+    assert metrics.get("mlmon_route_weight", upstream="primary") == 1.0

@@ -9,7 +9,10 @@ Endpoints on the metrics port:
   scraper's ``Accept`` asks for it (then with trace-id exemplars on
   ``mlmon_request_duration_seconds``);
 * ``GET /-/healthy``: 200 while the process serves;
-* ``GET /-/ready``: 200 when the upstream answered its last readiness probe, else 503.
+* ``GET /-/ready``: 200 when the upstream answered its last readiness probe, else 503
+  (and 503 ``{"status": "quarantined"}`` while the control API quarantines the replica);
+* ``GET``/``PUT /v1/control``: the control API (:mod:`monitor.sidecar.control`), when
+  the model has a ``control`` section; else 404.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import signal
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -34,6 +38,7 @@ from monitor import conventions as c
 from monitor.errors import MonitorError, PayloadError
 from monitor.payload import Predictions, Rows
 from monitor.protocols import Adapter, make_adapter
+from monitor.sidecar import control as ctl
 from monitor.sidecar.metrics import SidecarMetrics
 from monitor.sidecar.proxy import Exchange, ProxyServer
 from monitor.spec import ModelSpec, MonitorSpec
@@ -175,8 +180,11 @@ class Instrumentation:
             metrics.observe_ttfb(ex.model_label, ex.route, (ex.t_first or ex.t_head) - ex.t_start)
         if ex.body_size or ex.content_length:
             metrics.request_size.observe(ex.body_size or ex.content_length or 0)
-        if ex.local and ex.status == 413:
-            metrics.rejected.labels(metrics.name, c.REJECT_TOO_LARGE).inc()
+        if ex.local:  # answered by the sidecar itself, not forwarded
+            if ex.status == 413:
+                metrics.rejected.labels(metrics.name, c.REJECT_TOO_LARGE).inc()
+            elif ex.status == 503:  # load shed (the concurrency limit)
+                metrics.shed.inc()
         if ex.inference:
             metrics.response_size.observe(ex.resp_size)
             if preds is not None:
@@ -244,6 +252,7 @@ class Sidecar:
 
     Raises:
         SpecError: unknown model name, or a tracing exporter that is missing.
+        MonitorError: the control API is configured but its token cannot be read.
     """
 
     def __init__(
@@ -264,6 +273,10 @@ class Sidecar:
             ProcessCollector(registry=registry)
         self.registry = registry
         self.metrics = SidecarMetrics(self.model, registry)
+        self.control: ctl.ControlPlane | None = None
+        if self.model.control is not None:
+            where = f"models[{spec.models.index(self.model)}].control"
+            self.control = ctl.ControlPlane(self.model, self.metrics, where)
         self.adapter = make_adapter(self.model)
         self.tracer = (
             RequestTracer(spec.tracing, f"monitor-sidecar-{self.model.name}")
@@ -293,6 +306,10 @@ class Sidecar:
     async def start(self) -> None:
         """Bind both ports, probe the upstream once, and start background work."""
         m = self.model
+        fallback = None
+        if m.fallback_upstream is not None:
+            parts = urlsplit(m.fallback_upstream)
+            fallback = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.proxy = ProxyServer(
             m.upstream_host,
             m.upstream_port,
@@ -303,7 +320,10 @@ class Sidecar:
             max_request_bytes=m.max_request_bytes,
             client_idle_timeout=m.timeouts.client_idle_seconds,
             client_header_timeout=m.timeouts.client_header_seconds,
+            fallback=fallback,
         )
+        if self.control is not None:
+            self.control.attach(self.proxy)
         if self.capture is not None:
             self.capture.start()
         try:
@@ -317,6 +337,7 @@ class Sidecar:
         app.router.add_get("/metrics", self._handle_metrics)
         app.router.add_get("/-/healthy", self._handle_healthy)
         app.router.add_get("/-/ready", self._handle_ready)
+        app.router.add_route("*", "/v1/control", self._handle_control)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, *self.metrics_listen, reuse_address=True)
@@ -411,7 +432,21 @@ class Sidecar:
     async def _handle_healthy(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "healthy"})
 
+    async def _handle_control(self, request: web.Request) -> web.Response:
+        control = self.control
+        if control is None:
+            return ctl.disabled(self.model.name)
+        if request.method == "PUT":
+            return await control.handle_put(request)
+        if request.method == "GET":
+            return await control.handle_get(request)
+        return ctl.method_not_allowed(request.method)
+
     async def _handle_ready(self, request: web.Request) -> web.Response:
+        control = self.control
+        if control is not None and control.quarantined:
+            # Out of the Service, while requests that still arrive are served.
+            return web.json_response({"status": "quarantined"}, status=503)
         if self.ready:
             return web.json_response({"status": "ready"})
         return web.json_response(

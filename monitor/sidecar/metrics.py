@@ -271,6 +271,40 @@ class SidecarMetrics:
         self.coverage = CoverageEvaluator(model.features)
         r.register(_CoverageCollector(self.name, self.coverage))
 
+        # Control API state (routing, load shedding, quarantine): exported whether or
+        # not the control API is enabled, so dashboards see the defaults.
+        route_weight = Gauge(
+            c.ROUTE_WEIGHT,
+            "Share of new requests routed to each upstream (primary, fallback); sums to 1.",
+            [L.LABEL_MODEL, L.LABEL_UPSTREAM],
+            registry=r,
+        )
+        self.route_primary = route_weight.labels(self.name, c.UPSTREAM_PRIMARY)
+        self.route_fallback = (
+            route_weight.labels(self.name, c.UPSTREAM_FALLBACK)
+            if model.fallback_upstream is not None
+            else None
+        )
+        self.quarantined = Gauge(
+            c.QUARANTINED,
+            "1 while the control API quarantines this replica (/-/ready answers 503), else 0.",
+            [L.LABEL_MODEL],
+            registry=r,
+        ).labels(self.name)
+        self.concurrency_limit = Gauge(
+            c.CONCURRENCY_LIMIT,
+            "Most requests in flight before new ones are shed with 503; 0 = no limit.",
+            [L.LABEL_MODEL],
+            registry=r,
+        ).labels(self.name)
+        self.shed = Counter(
+            c.REQUESTS_SHED_TOTAL,
+            "Requests answered 503 by the sidecar because its concurrency limit was reached.",
+            [L.LABEL_MODEL],
+            registry=r,
+        ).labels(self.name)
+        self.set_control(0.0, None, False)
+
         if model.protocol == "openai":
             self.prompt_chars: Any = Histogram(
                 c.LLM_PROMPT_CHARACTERS,
@@ -329,6 +363,19 @@ class SidecarMetrics:
             pass
         self.version = version
         self.info.labels(self.name, version).set(1)
+
+    def set_control(
+        self, fallback_weight: float, concurrency_limit: int | None, quarantined: bool
+    ) -> None:
+        """Export the control state: route weights, concurrency limit (0 = none), quarantine."""
+        fallback = self.route_fallback
+        if fallback is None:
+            self.route_primary.set(1.0)
+        else:
+            self.route_primary.set(1.0 - fallback_weight)
+            fallback.set(fallback_weight)
+        self.concurrency_limit.set(concurrency_limit or 0)
+        self.quarantined.set(1 if quarantined else 0)
 
     # -- hot path -------------------------------------------------------------
     def observe_request(

@@ -19,10 +19,16 @@ Errors the sidecar makes itself, each with a JSON body
 ``{"error": ..., "source": "monitor-sidecar"}``:
 
 * 502: the upstream is unreachable (refused, reset, closed before answering);
+* 503: load shed: ``concurrency_limit`` requests are in flight already (with
+  ``Retry-After: 1``; see :meth:`ProxyServer.set_control`);
 * 504: the upstream did not connect or answer within the configured timeouts;
 * 413: the request declares a body above ``max_request_bytes`` (when set);
 * 400: the request is not parseable HTTP/1.x (it cannot be forwarded);
 * 501: a connection that starts with a protocol upgrade and no request.
+
+Routing: each request goes to the primary upstream, or, with probability
+``fallback_weight`` (set by the sidecar's control API), to the fallback upstream;
+each upstream has its own keep-alive pool.
 
 Everything about metrics is delegated to an :class:`Observer`; this module only
 moves bytes and keeps time.
@@ -33,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 from collections import deque
 from time import perf_counter
@@ -84,6 +91,9 @@ client is paused (flow control), so memory stays bounded."""
 LINGER_SECONDS = 5.0
 """How long the rest of a request body is read and dropped after an early answer
 (nginx's lingering_timeout)."""
+SHED_DRAIN_BYTES = 64 * 1024
+"""A shed request (503) with a body up to this size is read and dropped and its
+connection kept; a larger (or chunked) one closes the connection after the answer."""
 IDLE_KEEPALIVE_SECONDS = 4.0
 """Idle upstream connections older than this are closed rather than reused:
 below uvicorn's default 5 s keep-alive, so reuse rarely races the server's close."""
@@ -227,8 +237,9 @@ _OUT_NONE, _OUT_RAW, _OUT_CHUNKED, _OUT_CLOSE = range(4)
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to the model server, parsing its responses."""
 
-    def __init__(self, proxy: ProxyServer) -> None:
+    def __init__(self, proxy: ProxyServer, pool: UpstreamPool) -> None:
         self.proxy = proxy
+        self.pool = pool  # the pool (upstream) it belongs to
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
@@ -276,7 +287,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange = None
             self.proxy.upstream_lost(ex, self, exc)
         else:
-            self.proxy.pool.discard(self)
+            self.pool.discard(self)
 
     def pause_writing(self) -> None:
         ex = self.exchange
@@ -336,7 +347,7 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class UpstreamPool:
-    """Keep-alive connections to one upstream ``host:port`` (LIFO reuse).
+    """Keep-alive connections to one upstream ``host:port`` (LIFO reuse); one per upstream.
 
     Args:
         proxy: owner; connections report to it.
@@ -354,6 +365,10 @@ class UpstreamPool:
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self.idle: list[UpstreamConnection] = []
+        self.host_header = b"Host: %b\r\n" % (
+            host.encode("idna") if port == 80 else b"%b:%d" % (host.encode("idna"), port)
+        )
+        """Added to a request without ``Host`` (HTTP/1.0) sent to this upstream."""
 
     def acquire_idle(self) -> UpstreamConnection | None:
         """Pop a live idle connection that is fresh enough to reuse, or None."""
@@ -378,7 +393,7 @@ class UpstreamPool:
         """
         _, conn = await asyncio.wait_for(
             self.proxy.loop.create_connection(
-                lambda: UpstreamConnection(self.proxy), self.host, self.port
+                lambda: UpstreamConnection(self.proxy, self), self.host, self.port
             ),
             self.connect_timeout,
         )
@@ -644,11 +659,13 @@ class DownstreamProtocol(asyncio.Protocol):
 
 
 class ProxyServer:
-    """Forwards every request to one upstream and reports to an :class:`Observer`.
+    """Forwards every request to an upstream and reports to an :class:`Observer`.
 
     Args:
-        host, port: the upstream model server.
+        host, port: the upstream model server (the primary).
         observer: instrumentation (metrics, tracing, capture).
+        fallback: ``(host, port)`` of a fallback model server, or None; requests go
+            there with probability ``fallback_weight`` (see :meth:`set_control`).
         connect_timeout, read_timeout: seconds (see ``TimeoutSpec``).
         inspect_max_bytes: request/response bodies up to this size are kept for
             the observer; larger ones stream through uninspected.
@@ -671,6 +688,7 @@ class ProxyServer:
         max_request_bytes: int | None = None,
         client_idle_timeout: float = 75.0,
         client_header_timeout: float = 30.0,
+        fallback: tuple[str, int] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.loop = loop or asyncio.get_running_loop()
@@ -679,14 +697,40 @@ class ProxyServer:
         self.inspect_max_bytes = inspect_max_bytes
         self.max_request_bytes = max_request_bytes
         self.pool = UpstreamPool(self, host, port, connect_timeout)
-        self.host_header = b"Host: %b\r\n" % (
-            host.encode("idna") if port == 80 else b"%b:%d" % (host.encode("idna"), port)
+        self.fallback_pool = (
+            None if fallback is None else UpstreamPool(self, *fallback, connect_timeout)
         )
+        self.fallback_weight = 0.0
+        """Share of new requests sent to the fallback upstream (0: none, 1: all)."""
+        self.concurrency_limit: int | None = None
+        """Most requests in flight; beyond, new ones are shed with 503 (None: no limit)."""
+        self.active = 0
+        """Requests started and not finished (the count ``concurrency_limit`` bounds)."""
+        self._random = random.random  # Mersenne Twister in C: ~30 ns a draw
         self.connections: set[DownstreamProtocol] = set()
         self.server: asyncio.base_events.Server | None = None
         self.client_idle_timeout = client_idle_timeout
         self.client_header_timeout = client_header_timeout
         self._sweeper: asyncio.TimerHandle | None = None
+
+    def set_control(self, fallback_weight: float, concurrency_limit: int | None) -> None:
+        """Set the routing share of the fallback and the concurrency limit.
+
+        They apply to requests dispatched from now on; requests in flight keep their
+        upstream.
+
+        Raises:
+            ValueError: a weight outside 0-1, a weight above 0 without a fallback
+                upstream, or a limit below 1.
+        """
+        if not 0.0 <= fallback_weight <= 1.0:
+            raise ValueError(f"fallback_weight {fallback_weight!r} is not within 0-1")
+        if fallback_weight > 0 and self.fallback_pool is None:
+            raise ValueError("fallback_weight > 0 needs a fallback upstream")
+        if concurrency_limit is not None and concurrency_limit < 1:
+            raise ValueError(f"concurrency_limit {concurrency_limit!r} is below 1")
+        self.fallback_weight = float(fallback_weight)
+        self.concurrency_limit = concurrency_limit
 
     async def listen(self, host: str, port: int) -> asyncio.base_events.Server:
         """Start accepting clients on ``host:port`` (port 0 picks a free one)."""
@@ -738,6 +782,8 @@ class ProxyServer:
         for d in list(self.connections):
             d.close()
         self.pool.close_all()
+        if self.fallback_pool is not None:
+            self.fallback_pool.close_all()
         if self.server is not None:
             await self.server.wait_closed()
 
@@ -750,12 +796,17 @@ class ProxyServer:
         body bytes that came with it leave in one write.
         """
         ex.t_start = perf_counter()
+        self.active += 1
         self.observer.request_started(ex)
         mrb = self.max_request_bytes
         if mrb is not None and ex.content_length is not None and ex.content_length > mrb:
             self.reject_local(
                 ex.down, ex, 413, f"request body of {ex.content_length} bytes exceeds {mrb}"
             )
+            return
+        limit = self.concurrency_limit
+        if limit is not None and self.active > limit:  # ``active`` counts ``ex`` already
+            self._shed(ex, limit)
             return
         cl = ex.content_length
         if cl is not None and cl > self.inspect_max_bytes:
@@ -770,18 +821,41 @@ class ProxyServer:
             self.dispatch(ex)
 
     def dispatch(self, ex: Exchange) -> None:
-        """Attach an idle upstream connection to ``ex``, or open one."""
+        """Pick the upstream of ``ex``; attach an idle connection to it, or open one."""
         if ex.finished or ex.local:
             return
-        conn = self.pool.acquire_idle()
+        pool = self.pool
+        weight = self.fallback_weight
+        if weight and self._random() < weight:
+            pool = self.fallback_pool  # type: ignore[assignment] # set_control checks it
+        conn = pool.acquire_idle()
         if conn is not None:
             self._attach(ex, conn)
         else:
-            self.loop.create_task(self._connect(ex))
+            self.loop.create_task(self._connect(ex, pool))
 
-    async def _connect(self, ex: Exchange) -> None:
+    def _shed(self, ex: Exchange, limit: int) -> None:
+        """Answer 503 without contacting an upstream (load shedding).
+
+        Called from :meth:`start`, so the body is never parsed for metrics. A small
+        body is read and dropped and the connection kept (a shedding sidecar is
+        overloaded: reconnects would cost more); a large or chunked one is dropped
+        for a while and the connection closed, as after a 413.
+        """
+        ex.local = True  # request_body / request_complete now drop the body
+        if not ex.req_done and (
+            ex.req_chunked
+            or (ex.content_length or 0) > SHED_DRAIN_BYTES
+            or b"expect" in ex.noted  # the client may never send the body it announced
+        ):
+            ex.keep_alive = False
+        why = f"load shed by the sidecar: concurrency limit {limit} reached"
+        self._send_local(ex, 503, why, _RETRY_AFTER)
+        self.finish(ex, None)  # outcome by status, as the upstream's 503s: server_error
+
+    async def _connect(self, ex: Exchange, pool: UpstreamPool) -> None:
         try:
-            conn = await self.pool.connect()
+            conn = await pool.connect()
         except TimeoutError:
             self.fail(ex, 504, c.OUTCOME_TIMEOUT, "upstream connect timed out")
             return
@@ -791,7 +865,7 @@ class ProxyServer:
             )
             return
         if ex.finished:  # client left while we connected
-            self.pool.release(conn)
+            pool.release(conn)
             return
         self._attach(ex, conn)
 
@@ -799,16 +873,16 @@ class ProxyServer:
         conn.exchange = ex
         ex.conn = conn
         if ex.pending:
-            conn.write(b"".join([self._request_head(ex), *ex.pending]))
+            conn.write(b"".join([self._request_head(ex, conn.pool), *ex.pending]))
             if ex.pending_bytes > PENDING_LIMIT_BYTES:
                 ex.down.resume_reading()
             ex.pending = []
             ex.pending_bytes = 0
         else:
-            conn.write(self._request_head(ex))
+            conn.write(self._request_head(ex, conn.pool))
         ex.last_activity = self.loop.time()  # the sweep times out a silent upstream
 
-    def _request_head(self, ex: Exchange) -> bytes:
+    def _request_head(self, ex: Exchange, pool: UpstreamPool) -> bytes:
         parts = [ex.method, b" ", ex.url, b" HTTP/1.1\r\n"]
         drop = _STRIP_REQUEST
         conn_tokens: frozenset[bytes] | None = None
@@ -825,7 +899,7 @@ class ProxyServer:
         if ex.req_chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         if not ex.has_host:  # HTTP/1.0 may omit Host; the HTTP/1.1 request upstream needs one
-            parts.append(self.host_header)
+            parts.append(pool.host_header)
         if trace is not None:
             parts.append(trace)
         parts.append(_CRLF)
@@ -959,7 +1033,7 @@ class ProxyServer:
         if ex.out_mode == _OUT_CHUNKED:
             ex.down.write(_LAST_CHUNK)
         if ex.req_done and conn.parser.should_keep_alive() and not conn.closed:
-            self.pool.release(conn)
+            conn.pool.release(conn)
         else:
             conn.close()
         self.finish(ex, None)
@@ -986,7 +1060,7 @@ class ProxyServer:
             ex.conn = None
             ex.pending = self._replay_body(ex)
             ex.pending_bytes = 0
-            self.loop.create_task(self._connect(ex))
+            self.loop.create_task(self._connect(ex, conn.pool))  # the same upstream
             return
         why = f"upstream closed the connection before answering{': ' + str(exc) if exc else ''}"
         self.fail(ex, 502, c.OUTCOME_UNREACHABLE, why)
@@ -1085,18 +1159,19 @@ class ProxyServer:
         if down.current is None:
             down.close()
 
-    def _send_local(self, ex: Exchange, status: int, why: str) -> None:
+    def _send_local(self, ex: Exchange, status: int, why: str, extra: bytes = b"") -> None:
         ex.status = status
         ex.head_sent = True
         ex.t_head = perf_counter()
         body = orjson.dumps({"error": why, "source": "monitor-sidecar"})
-        ex.down.write(_local_response(status, body, ex.keep_alive, ex.http11))
+        ex.down.write(_local_response(status, body, ex.keep_alive, ex.http11, extra))
 
     def finish(self, ex: Exchange, outcome: str | None) -> None:
         """Record the exchange exactly once and move the client connection on."""
         if ex.finished:
             return
         ex.finished = True
+        self.active -= 1
         ex.t_end = perf_counter()
         ex.outcome = c.outcome_for_status(ex.status) if outcome is None else outcome
         try:
@@ -1114,15 +1189,19 @@ class ProxyServer:
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Content Too Large",
             414: b"URI Too Long", 431: b"Request Header Fields Too Large", 501: b"Not Implemented",
-            502: b"Bad Gateway", 504: b"Gateway Timeout"}  # fmt: skip
+            502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout"}  # fmt: skip
+_RETRY_AFTER = b"Retry-After: 1\r\n"
 
 
-def _local_response(status: int, body: bytes, keep_alive: bool, http11: bool) -> bytes:
+def _local_response(
+    status: int, body: bytes, keep_alive: bool, http11: bool, extra: bytes = b""
+) -> bytes:
     head = [
         b"HTTP/1.1 %d %b\r\n" % (status, _REASONS.get(status, b"Error")),
         b"Content-Type: application/json\r\n",
         b"Content-Length: %d\r\n" % len(body),
         b"X-Monitor-Sidecar: error\r\n",
+        extra,
     ]
     if not keep_alive:
         head.append(b"Connection: close\r\n")
