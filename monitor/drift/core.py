@@ -390,11 +390,13 @@ def numeric_values(s: pd.Series) -> tuple[NDArray[np.float64], int]:
     Returns:
         (values, shape (len(s),); number of values that were not null but could not be parsed).
     """
-    arr, invalid = _as_float(s)
+    arr, invalid = float_values(s)
     return np.where(np.isfinite(arr), arr, np.nan), invalid
 
 
-def _as_float(s: pd.Series) -> tuple[NDArray[np.float64], int]:
+def float_values(s: pd.Series) -> tuple[NDArray[np.float64], int]:
+    """A column as float64 (nulls and unparsable values NaN, +/-inf kept) and the
+    number of non-null values that could not be parsed."""
     invalid = 0
     dtype = s.dtype
     if dtype.kind == "f" and isinstance(dtype, np.dtype):
@@ -420,7 +422,7 @@ def numeric_sample(s: pd.Series) -> tuple[NumericSample, ColumnStats]:
     See :func:`numeric_values` for the accepted dtypes.
     """
     stats = ColumnStats(rows=int(s.size))
-    arr, stats.invalid = _as_float(s)
+    arr, stats.invalid = float_values(s)
     finite = np.isfinite(arr)
     nan = np.isnan(arr)
     stats.null = int(nan.sum()) - stats.invalid

@@ -186,7 +186,7 @@ def run_once(
             if opts.out is not None:
                 write_outputs(result, None, None, opts.out, html=opts.html)
             if collector is not None:
-                collector.record(model.name, result, reference_sha256=_sha(ref_path))
+                collector.record(model.name, result, reference_sha256=file_sha256(ref_path))
             return result
         profile = load_reference(ref_path, features, cache_dir=spec.drift.cache_dir)
         current, window = load_current(spec, model, opts)
@@ -224,7 +224,7 @@ def run_once(
             collector.record_failure(model_name)
         raise
     if collector is not None:
-        collector.record(model.name, result, reference_sha256=_sha(ref_path))
+        collector.record(model.name, result, reference_sha256=profile.sha256)
     for w in result.warnings:
         log.warning("model %s: %s", model.name, w)
     return result
@@ -276,16 +276,6 @@ def _run_spark_parquet(
         if f.status == "skipped":
             result.warnings.append(f"feature {f.name!r} skipped: {f.reason}")
     return result
-
-
-def _sha(path: Path) -> str:
-    key = str(path.resolve())
-    if key not in _SHA_CACHE or _SHA_CACHE[key][0] != path.stat().st_mtime_ns:
-        _SHA_CACHE[key] = (path.stat().st_mtime_ns, file_sha256(path))
-    return _SHA_CACHE[key][1]
-
-
-_SHA_CACHE: dict[str, tuple[int, str]] = {}
 
 
 def _quality(model: ModelSpec, current: pd.DataFrame) -> dict[str, Any]:

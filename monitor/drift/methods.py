@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -285,12 +285,23 @@ def sturges_edges(lo: float, hi: float, n: int) -> NDArray[np.float64]:
 # --- the methods ----------------------------------------------------------------
 
 
-def _ks(
-    ref: Sample, cur: Sample, kind: ColumnKind
-) -> tuple[float, str, dict[str, float | int | str]]:
-    assert isinstance(ref, NumericSample) and isinstance(cur, NumericSample)
-    res = stats.ks_2samp(ref.values, cur.values)
-    return float(res.pvalue), "", {"statistic": float(res.statistic)}
+def _two_sample_test(test: Callable[..., Any], **options: Any) -> Scorer:
+    """A scorer from a scipy two-sample test: its p-value, with its statistic in details."""
+
+    def scorer(
+        ref: Sample, cur: Sample, kind: ColumnKind
+    ) -> tuple[float, str, dict[str, float | int | str]]:
+        assert isinstance(ref, NumericSample) and isinstance(cur, NumericSample)
+        res = test(ref.values, cur.values, **options)
+        return float(res.pvalue), "", {"statistic": float(res.statistic)}
+
+    return scorer
+
+
+_ks = _two_sample_test(stats.ks_2samp)
+# evidently's mannw is one-sided: reference less than current
+_mannw = _two_sample_test(stats.mannwhitneyu, alternative="less")
+_t_test = _two_sample_test(stats.ttest_ind)
 
 
 def _chisquare(
@@ -420,22 +431,6 @@ def _density(sorted_values: NDArray[np.float64], edges: NDArray[np.float64]) -> 
     """``np.histogram(values, edges, density=True)[0]`` from sorted values."""
     counts = _histogram_counts(sorted_values, edges)
     return counts / np.diff(edges) / counts.sum()
-
-
-def _mannw(
-    ref: Sample, cur: Sample, kind: ColumnKind
-) -> tuple[float, str, dict[str, float | int | str]]:
-    assert isinstance(ref, NumericSample) and isinstance(cur, NumericSample)
-    res = stats.mannwhitneyu(ref.values, cur.values, alternative="less")
-    return float(res.pvalue), "", {"statistic": float(res.statistic)}
-
-
-def _t_test(
-    ref: Sample, cur: Sample, kind: ColumnKind
-) -> tuple[float, str, dict[str, float | int | str]]:
-    assert isinstance(ref, NumericSample) and isinstance(cur, NumericSample)
-    res = stats.ttest_ind(ref.values, cur.values)
-    return float(res.pvalue), "", {"statistic": float(res.statistic)}
 
 
 def _energy(

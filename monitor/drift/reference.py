@@ -47,6 +47,7 @@ class ReferenceProfile:
         source: the baseline file, when loaded from one (engines that need the raw
             rows, evidently and spark, read it again).
         cache_hit: the profile came from the on-disk cache.
+        sha256: hex sha256 of the baseline file ("" when built from a DataFrame).
     """
 
     rows: int
@@ -55,6 +56,7 @@ class ReferenceProfile:
     decided: dict[str, FeatureDrift] = field(default_factory=dict)
     source: Path | None = None
     cache_hit: bool = False
+    sha256: str = ""
     _frame: pd.DataFrame | None = field(default=None, repr=False)
 
     def sample(self, name: str) -> tuple[Sample, ColumnStats]:
@@ -198,16 +200,19 @@ def load_reference(
         features if not isinstance(features, Mapping) else dict(features), sort_keys=True
     )
     kinds_hash = hashlib.sha256(f"{CACHE_VERSION}:{key_features}".encode()).hexdigest()[:16]
-    key = f"{file_sha256(p)}-{kinds_hash}"
+    sha = file_sha256(p)
+    key = f"{sha}-{kinds_hash}"
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     entry = root / key
     if use_cache:
         cached = _read_cache(entry, p)
         if cached is not None:
+            cached.sha256 = sha
             return cached
     frame = read_table(p)
     kinds, decided = resolve_columns(frame, frame, features)
     profile = build_profile(frame, kinds, decided=decided, source=p)
+    profile.sha256 = sha
     if use_cache:
         _write_cache(entry, profile)
     return profile

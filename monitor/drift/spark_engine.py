@@ -229,19 +229,11 @@ def default_method_name(ref_used: int, n_values: int, kind: str) -> str:
 
 
 def _numeric(s: pd.Series) -> pd.Series:
-    """A column as float64, cleaned as :func:`monitor.drift.core.numeric_sample` reads it."""
-    dtype = s.dtype
-    if isinstance(dtype, np.dtype) and dtype.kind in "fiub":
-        arr = s.to_numpy().astype(np.float64)
-    elif dtype.kind == "M" or isinstance(dtype, pd.DatetimeTZDtype):
-        ts = pd.to_datetime(s, utc=True)
-        arr = np.where(ts.isna(), np.nan, ts.astype("int64", copy=False).to_numpy() / 1e9)
-    elif pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
-        arr = s.to_numpy(dtype=np.float64, na_value=np.nan)
-    else:
-        parsed = pd.to_numeric(s, errors="coerce")
-        arr = np.asarray(parsed.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
-    return pd.Series(np.asarray(arr, dtype=np.float64))
+    """A column as float64, read as :func:`monitor.drift.core.numeric_sample` reads it
+    (+/-inf kept: Spark counts them itself)."""
+    from monitor.drift.core import float_values
+
+    return pd.Series(float_values(s)[0])
 
 
 def _categorical(s: pd.Series) -> tuple[pd.Series, str]:
