@@ -149,13 +149,21 @@ def test_auth_size_and_shape_are_checked_before_anything_runs(tmp_path: Path) ->
             "alerts[0].startsAt: expected an RFC 3339 time, got 'yesterday'",
         )
         assert m.post(b"x" * 5000)[0] == 413
+        # chunked: no Content-Length, the limit still holds
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", m.port, timeout=5)
+        conn.request("POST", "/v1/alerts", body=iter([b"x" * 3000, b"y" * 3000]),
+                     headers={"Authorization": f"Bearer {TOKEN}"}, encode_chunked=True)  # fmt: skip
+        assert conn.getresponse().status == 413
+        conn.close()
         assert (
             m.post({**C26, "notification_reason": "new", "alerts": []})[0] == 200
         )  # unknown fields tolerated
         metrics = m.metrics()
         assert metrics.get("mlmon_webhook_notifications_total", result="unauthorized") == 2
         assert metrics.get("mlmon_webhook_notifications_total", result="invalid") == 3
-        assert metrics.get("mlmon_webhook_notifications_total", result="too_large") == 1
+        assert metrics.get("mlmon_webhook_notifications_total", result="too_large") == 2
         time.sleep(0.5)
     assert _lines(out) == []  # nothing ran
 

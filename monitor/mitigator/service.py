@@ -257,7 +257,15 @@ class Mitigator:
         if request.content_length is not None and request.content_length > limit:
             self.m_notifications.labels("too_large").inc()
             return web.json_response({"error": f"body over {limit} bytes"}, status=413)
-        body = await request.content.read(limit + 1)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:  # a chunked body declares no length: read until EOF or over the limit
+            chunk = await request.content.read(limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        body = b"".join(chunks)
         if len(body) > limit:
             self.m_notifications.labels("too_large").inc()
             return web.json_response({"error": f"body over {limit} bytes"}, status=413)
