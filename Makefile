@@ -21,7 +21,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,otlp,demo,drift,spark,postgres]'
+	$(BIN)/pip install -q -e '.[dev,otlp,demo,drift,spark,postgres,gpu]'
 	@touch $@
 
 venv: $(VENV)/.installed ## Create .venv with the package, its extras and the dev tools

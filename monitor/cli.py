@@ -323,3 +323,16 @@ def mitigator(config: Path, listen: str | None) -> None:
             err=True,
         )
         sys.exit(1)
+
+
+def _register() -> None:
+    """Command groups that live beside their code (imported lazily inside each command)."""
+    from monitor.canary.cli import canary
+    from monitor.dashboards.cli import dashboards
+    from monitor.gpu.cli import gpu_exporter
+
+    for command in (dashboards, gpu_exporter, canary):
+        main.add_command(command)
+
+
+_register()

@@ -592,8 +592,9 @@ class MitigationSpec(_Model):
     """An automated mitigation policy (run by ``monitor mitigator``).
 
     The alert generator reads ``name`` and ``match``: alerts a policy matches carry
-    ``mitigation: <name>`` and are routed to the mitigator too. The action fields are
-    validated by the mitigator.
+    ``mitigation: <name>`` and are routed to the mitigator too. ``action`` and
+    ``revert`` are checked here (:func:`monitor.mitigator.policy.check_action`), so
+    ``monitor validate`` names a bad type, op or parameter.
     """
 
     name: str
@@ -618,6 +619,29 @@ class MitigationSpec(_Model):
     """Log and audit, but do not act (default false)."""
 
     _check = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
+
+    @field_validator("action", "revert")
+    @classmethod
+    def _action(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        from monitor.mitigator.policy import ActionError, check_action
+
+        if v is not None:
+            try:
+                check_action(v, "")
+            except ActionError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _revertible(self) -> MitigationSpec:
+        from monitor.mitigator.policy import inverse
+
+        if self.revert_on_resolve and self.revert is None and inverse(self.action) is None:
+            raise ValueError(
+                f"revert_on_resolve: a {self.action['type']} action has no automatic inverse; "
+                "give a revert"
+            )
+        return self
 
     @field_validator("match")
     @classmethod
@@ -659,6 +683,10 @@ class MitigatorSpec(_Model):
     """Retries of a failed attempt, with exponential backoff and jitter (default 3)."""
     escalation_url: str | None = None
     """Webhook paged when an action fails for good (default ``alerting.pager.url``)."""
+    revert_check_interval_seconds: Annotated[float, Field(gt=0)] = 30.0
+    """Seconds between two safety checks of a postponed revert (case C23; default 30).
+    After 20 checks that still find the alert firing or its targets down, the revert
+    fails and is escalated."""
 
     _urls = field_validator("prometheus_url", "escalation_url")(
         classmethod(lambda cls, v: _check_http_url(v))

@@ -38,101 +38,13 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from monitor.errors import MonitorError
+from monitor.mitigator.policy import ActionError
 
-ACTION_TYPES = ("sidecar", "http", "command")
-SIDECAR_OPS = ("route", "shed", "quarantine", "restore")
 _TEMPLATE = re.compile(
     r"\{\{\s*(labels|annotations)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}|\{\{\s*(fingerprint|status|startsAt)\s*\}\}"
 )
 BREAKER_FAILURES = 5
 BREAKER_OPEN_SECONDS = 60.0
-
-
-class ActionError(MonitorError):
-    """One attempt failed; ``retryable`` False means retrying cannot help (bad config, 4xx)."""
-
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-
-def check_action(action: Mapping[str, Any], where: str) -> None:
-    """Validate an action dict from the spec.
-
-    Raises:
-        ActionError: unknown type or op, a missing or ill-typed parameter (the
-            message starts with ``where``, e.g. ``mitigations[0].action``).
-    """
-    t = action.get("type")
-    if t not in ACTION_TYPES:
-        raise ActionError(
-            f"{where}.type: expected one of {', '.join(ACTION_TYPES)}, got {t!r}", retryable=False
-        )
-    allowed: set[str]
-    if t == "sidecar":
-        op = action.get("op")
-        if op not in SIDECAR_OPS:
-            raise ActionError(
-                f"{where}.op: expected one of {', '.join(SIDECAR_OPS)}, got {op!r}", retryable=False
-            )
-        allowed = {"type", "op", "fallback_weight", "concurrency_limit", "urls", "model"}
-        if op == "route":
-            w = action.get("fallback_weight", 1.0)
-            if isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w <= 1:
-                raise ActionError(
-                    f"{where}.fallback_weight: expected a number in [0, 1]", retryable=False
-                )
-        if op == "shed":
-            n = action.get("concurrency_limit")
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ActionError(
-                    f"{where}.concurrency_limit: expected an integer >= 1", retryable=False
-                )
-        urls = action.get("urls")
-        if urls is not None and (
-            not isinstance(urls, list) or not all(isinstance(u, str) for u in urls)
-        ):
-            raise ActionError(f"{where}.urls: expected a list of http:// URLs", retryable=False)
-    elif t == "http":
-        allowed = {"type", "method", "url", "headers", "body", "timeout_seconds"}
-        url = action.get("url")
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
-            raise ActionError(f"{where}.url: expected an http(s) URL", retryable=False)
-        if not isinstance(action.get("method", "POST"), str):
-            raise ActionError(f"{where}.method: expected a string", retryable=False)
-        headers = action.get("headers", {})
-        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
-            raise ActionError(f"{where}.headers: expected an object of strings", retryable=False)
-        if not isinstance(action.get("body", ""), str):
-            raise ActionError(f"{where}.body: expected a string (a template)", retryable=False)
-    else:
-        allowed = {"type", "argv", "timeout_seconds"}
-        argv = action.get("argv")
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-            raise ActionError(
-                f"{where}.argv: expected a non-empty list of strings", retryable=False
-            )
-    extra = sorted(set(action) - allowed)
-    if extra:
-        raise ActionError(
-            f"{where}: unknown key(s) {', '.join(extra)} for a {t} action", retryable=False
-        )
-
-
-def inverse(action: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The default revert of a sidecar action (None for other types)."""
-    if action.get("type") != "sidecar":
-        return None
-    base = {k: v for k, v in action.items() if k in ("type", "urls", "model")}
-    op = action.get("op")
-    if op == "route":
-        return {**base, "op": "route", "fallback_weight": 0.0}
-    if op == "shed":
-        return {**base, "op": "restore"}
-    if op == "quarantine":
-        return {**base, "op": "restore"}
-    return None
 
 
 def render(template: str, alert: Mapping[str, Any], *, url: bool = False) -> str:

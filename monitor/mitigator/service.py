@@ -55,7 +55,8 @@ from prometheus_client import (
 from monitor import conventions as c
 from monitor.errors import MonitorError, SpecError
 from monitor.mitigator import webhook
-from monitor.mitigator.actions import ActionError, Executor, check_action, inverse
+from monitor.mitigator.actions import Executor
+from monitor.mitigator.policy import ActionError, inverse
 from monitor.mitigator.store import Job, PlannedJob, Store, StoreError, open_store
 from monitor.spec import MitigationSpec, MonitorSpec
 
@@ -113,7 +114,7 @@ class Mitigator:
         owner: this replica's name in the store (default ``hostname:listen``).
 
     Raises:
-        SpecError: a bad action in a policy, or no readable token.
+        SpecError: no readable token.
         StoreError: the store cannot be opened.
     """
 
@@ -128,27 +129,12 @@ class Mitigator:
         self.spec = spec
         cfg = spec.mitigator
         self.token = read_token(cfg.token_file, cfg.token_env, "mitigator")
-        problems = []
-        self.policies: dict[str, MitigationSpec] = {}
-        self.reverts: dict[str, dict[str, Any] | None] = {}
-        for i, p in enumerate(spec.mitigations):
-            try:
-                check_action(p.action, f"mitigations[{i}].action")
-                revert = p.revert if p.revert is not None else inverse(p.action)
-                if p.revert is not None:
-                    check_action(p.revert, f"mitigations[{i}].revert")
-                if p.revert_on_resolve and revert is None:
-                    raise ActionError(
-                        f"mitigations[{i}].revert_on_resolve: an {p.action['type']} action has no "
-                        "automatic inverse; give a revert", retryable=False,
-                    )  # fmt: skip
-            except ActionError as e:
-                problems.append(str(e))
-                continue
-            self.policies[p.name] = p
-            self.reverts[p.name] = revert
-        if problems:
-            raise SpecError(problems)
+        # The spec loader has checked every action and revert (MitigationSpec validators).
+        self.policies: dict[str, MitigationSpec] = {p.name: p for p in spec.mitigations}
+        self.reverts: dict[str, dict[str, Any] | None] = {
+            p.name: p.revert if p.revert is not None else inverse(p.action)
+            for p in spec.mitigations
+        }
         tokens = {}
         for m in spec.models:
             if m.control is not None:
@@ -229,7 +215,7 @@ class Mitigator:
                         PlannedJob(f"{base}|apply", p.name, "apply", p.action["type"],
                                    a.fingerprint,
                                    a.starts_at, a.to_dict(), dict(p.action),
-                                   max(now, a.starts_at_ts + p.min_firing_seconds))
+                                   _due(a.starts_at_ts, p.min_firing_seconds, now))
                     )  # fmt: skip
                 else:
                     cancels.append((a.fingerprint, p.name, "apply"))
@@ -389,7 +375,7 @@ class Mitigator:
                 await asyncio.to_thread(
                     self.store.reschedule,
                     job.id,
-                    not_before=time.time() + 30,
+                    not_before=time.time() + self.spec.mitigator.revert_check_interval_seconds,
                     attempts=job.attempts + 1,
                     detail=f"revert postponed: {blocked}",
                 )
@@ -432,7 +418,7 @@ class Mitigator:
             await self._finish(job, c.MITIGATION_FAILURE, str(e), t0, attempts)
             await self._escalate(job, str(e))
             return
-        log.warning(
+        log.info(
             "policy %s %s done for alert %s: %s", job.policy, job.kind, job.fingerprint, detail
         )
         await self._finish(job, c.MITIGATION_SUCCESS, detail, t0, attempts)
@@ -554,9 +540,13 @@ class Mitigator:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         try:
-            limit = max(1, min(1000, int(request.query.get("limit", "100"))))
+            limit = int(request.query.get("limit", "100"))
         except ValueError:
-            return web.json_response({"error": "limit: expected an integer"}, status=400)
+            limit = 0
+        if not 1 <= limit <= 1000:
+            return web.json_response(
+                {"error": "limit: expected an integer from 1 to 1000"}, status=400
+            )
         state = request.query.get("state")
         if state not in (None, "pending", "running", "done", "cancelled"):
             return web.json_response(
@@ -604,6 +594,13 @@ class Mitigator:
 
         app.cleanup_ctx.append(start_worker)
         return app
+
+
+def _due(starts_at: float, min_firing: float, now: float) -> float:
+    """When an apply may run: ``startsAt + min_firing_seconds``, never before ``now`` and
+    never later than ``now + min_firing_seconds`` (a ``startsAt`` in the future is clock
+    skew between Prometheus and this host; trusting it would hold the job for as long)."""
+    return min(max(now, starts_at + min_firing), now + min_firing)
 
 
 def _esc(v: str) -> str:

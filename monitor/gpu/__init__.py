@@ -1,0 +1,1 @@
+"""GPU health from NVML (issue 7). See docs/metrics.md, GPU section."""
