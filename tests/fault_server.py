@@ -15,7 +15,7 @@ import sys
 from aiohttp import web
 
 routes = web.RouteTableDef()
-STATE = {"version": "7"}
+STATE = {"version": "7", "fail_every": 0, "served": 0}
 
 
 @routes.route("*", "/echo{tail:.*}")
@@ -55,16 +55,28 @@ async def set_version(request: web.Request) -> web.Response:
     return web.json_response(STATE)
 
 
+@routes.post("/admin/fail/{n}")
+async def set_fail(request: web.Request) -> web.Response:
+    """Make every n-th inference request fail with 500 (0: none): a broken model server."""
+    STATE["fail_every"] = int(request.match_info["n"])
+    return web.json_response(STATE)
+
+
 @routes.post("/v2/models/{name}/infer")
 async def infer(request: web.Request) -> web.Response:
     """V2 inference: predicts 1 when the first value of a row is > 5, else 0.
-    ?status=500 makes it fail; ?delay=S sleeps first."""
+    ?status=500 makes it fail; ?delay=S sleeps first; after POST /admin/fail/N every
+    N-th request fails with 500."""
     delay = float(request.query.get("delay", "0"))
     if delay:
         await asyncio.sleep(delay)
     raw = await request.read()
     if "status" in request.query:
         return web.json_response({"error": "injected failure"}, status=int(request.query["status"]))
+    STATE["served"] = int(STATE["served"]) + 1
+    every = int(STATE["fail_every"])
+    if every and STATE["served"] % every == 0:
+        return web.json_response({"error": "broken model server"}, status=500)
     try:
         body = json.loads(raw)
         inp = body["inputs"][0]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +127,48 @@ class Metrics:
     def series(self, name: str) -> list[dict[str, str]]:
         """Label sets of every sample named ``name``."""
         return [lab for n, lab, _ in self.samples if n == name]
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that records every notification it gets."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, str | None, dict[str, Any]]] = []
+        self.changed = threading.Condition()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.changed:
+                    outer.received.append((self.path, self.headers.get("Authorization"), body))
+                    outer.changed.notify_all()
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # keep the test output clean
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    @contextmanager
+    def running(self) -> Iterator[Receiver]:
+        thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self.server.shutdown()
+            self.server.server_close()
+            thread.join(5)
+
+    def firing(self, path: str, alertname: str) -> tuple[str | None, dict[str, Any]] | None:
+        """The first firing notification on ``path`` that carries ``alertname``."""
+        for got_path, auth, body in self.received:
+            if got_path == path and body.get("status") == "firing":
+                for alert in body["alerts"]:
+                    if alert["labels"].get("alertname") == alertname:
+                        return auth, alert
+        return None

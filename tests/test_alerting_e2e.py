@@ -12,11 +12,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -27,7 +24,7 @@ from monitor.generate import to_yaml
 from monitor.procs import ManagedProcess, free_ports
 from monitor.rules import build_rules
 from monitor.spec import load_spec
-from tests.support import FaultServer, SidecarProc, require_tool, write_spec
+from tests.support import FaultServer, Receiver, SidecarProc, require_tool, write_spec
 
 TIME_SCALE = 60.0
 """1 h becomes 1 min: the fast page's windows (1 h and 5 m) become 60 s and 5 s, which
@@ -36,51 +33,6 @@ DEADLINE_S = 60.0
 """Bound on the whole chain, from the first request to the page at the receiver."""
 TOKEN = "e2e-s3cret"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class Receiver:
-    """A webhook receiver on 127.0.0.1 that records every notification it gets."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, str | None, dict[str, Any]]] = []
-        self.changed = threading.Condition()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with outer.changed:
-                    outer.received.append((self.path, self.headers.get("Authorization"), body))
-                    outer.changed.notify_all()
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # keep the test output clean
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    @contextmanager
-    def running(self) -> Iterator[Receiver]:
-        thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self.server.shutdown()
-            self.server.server_close()
-            thread.join(5)
-
-    def firing(self, path: str, alertname: str) -> tuple[str | None, dict[str, Any]] | None:
-        """The first firing notification on ``path`` that carries ``alertname``."""
-        for got_path, auth, body in self.received:
-            if got_path == path and body.get("status") == "firing":
-                for alert in body["alerts"]:
-                    if alert["labels"].get("alertname") == alertname:
-                        return auth, alert
-        return None
 
 
 def _get(url: str) -> str:

@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +163,14 @@ def test_auth_size_and_shape_are_checked_before_anything_runs(tmp_path: Path) ->
         assert (
             m.post({**C26, "notification_reason": "new", "alerts": []})[0] == 200
         )  # unknown fields tolerated
+        for query in ("limit=-1", "limit=0", "limit=1001", "limit=ten", "state=gone"):
+            req = urllib.request.Request(
+                f"{m.url}/v1/actions?{query}", headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=5)
+            assert err.value.code == 400, query
+            assert json.loads(err.value.read())["error"].startswith(query.split("=")[0] + ": ")
         metrics = m.metrics()
         assert metrics.get("mlmon_webhook_notifications_total", result="unauthorized") == 2
         assert metrics.get("mlmon_webhook_notifications_total", result="invalid") == 3
@@ -288,45 +299,119 @@ def test_killed_mid_action_the_restart_resumes_it_and_nothing_is_lost(tmp_path: 
     assert _lines(out) == [["firing", "m1", "a1b2c3d4e5f60718"]]
 
 
-def test_a_real_alertmanager_delivers_and_its_resolve_reverts(tmp_path: Path) -> None:
+@contextmanager
+def _alertmanager(tmp_path: Path, m: Mitigator) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A real Alertmanager delivering to ``m``; yields ``send(extra)`` that posts the
+    alert ModelErrorRateHigh{model="m1"} (with ``extra``: startsAt, endsAt) to it."""
     alertmanager = require_tool("prometheus-alertmanager")
-    out = tmp_path / "ran.jsonl"
     (am_port,) = free_ports(1)
-    with Mitigator(tmp_path, [_policy(out, revert_on_resolve=True)]) as m:
-        cfg = {
-            "route": {"receiver": "mitigator", "group_wait": "0s", "group_interval": "1s", "repeat_interval": "1h"},  # noqa: E501
-            "receivers": [{"name": "mitigator", "webhook_configs": [{
-                "url": f"{m.url}/v1/alerts", "send_resolved": True,
-                "http_config": {"authorization": {"credentials_file": str(tmp_path / "token")}},
-            }]}],
-        }  # fmt: skip
-        (tmp_path / "am.yml").write_text(yaml.safe_dump(cfg))
-        am = ManagedProcess(
-            [alertmanager, f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path / 'am'}",  # noqa: E501
-             f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="],
-            ready_url=f"http://127.0.0.1:{am_port}/-/ready", log_path=tmp_path / "am.log",
-            name="alertmanager", ready_timeout_s=30,
+    cfg = {
+        "route": {"receiver": "mitigator", "group_wait": "0s", "group_interval": "1s", "repeat_interval": "1h"},  # noqa: E501
+        "receivers": [{"name": "mitigator", "webhook_configs": [{
+            "url": f"{m.url}/v1/alerts", "send_resolved": True,
+            "http_config": {"authorization": {"credentials_file": str(tmp_path / "token")}},
+        }]}],
+    }  # fmt: skip
+    (tmp_path / "am.yml").write_text(yaml.safe_dump(cfg))
+    am = ManagedProcess(
+        [alertmanager, f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path / 'am'}",
+         f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="],
+        ready_url=f"http://127.0.0.1:{am_port}/-/ready", log_path=tmp_path / "am.log",
+        name="alertmanager", ready_timeout_s=30,
+    )  # fmt: skip
+    alert = {"labels": {"alertname": "ModelErrorRateHigh", "model": "m1", "severity": "page"}}
+
+    def send(extra: dict[str, Any]) -> None:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{am_port}/api/v2/alerts", data=json.dumps([{**alert, **extra}]).encode(),  # noqa: E501
+            headers={"Content-Type": "application/json"}, method="POST",
         )  # fmt: skip
-        with am:
-            alert = {
-                "labels": {"alertname": "ModelErrorRateHigh", "model": "m1", "severity": "page"}
-            }
+        urllib.request.urlopen(req, timeout=5).close()
 
-            def send(extra: dict[str, Any]) -> None:
-                req = urllib.request.Request(
-                    f"http://127.0.0.1:{am_port}/api/v2/alerts", data=json.dumps([{**alert, **extra}]).encode(),  # noqa: E501
-                    headers={"Content-Type": "application/json"}, method="POST",
-                )  # fmt: skip
-                urllib.request.urlopen(req, timeout=5).close()
+    with am:
+        yield send
 
-            started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 5))
-            send({"startsAt": started})
-            m.wait_done(1, timeout=30)
-            ended = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            send({"startsAt": started, "endsAt": ended})  # the same alert, resolved now
-            acts = m.wait_done(2, timeout=30)
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def test_a_real_alertmanager_delivers_and_its_resolve_reverts(tmp_path: Path) -> None:
+    out = tmp_path / "ran.jsonl"
+    with (
+        Mitigator(tmp_path, [_policy(out, revert_on_resolve=True)]) as m,
+        _alertmanager(tmp_path, m) as send,
+    ):
+        started = _iso(time.time() - 5)
+        send({"startsAt": started})
+        m.wait_done(1, timeout=30)
+        send({"startsAt": started, "endsAt": _iso(time.time())})  # resolved now
+        acts = m.wait_done(2, timeout=30)
     assert [line[0] for line in _lines(out)] == ["firing", "resolved"], acts
     assert sorted(a["kind"] for a in acts) == ["apply", "revert"]
+
+
+def test_a_503_while_the_store_is_locked_is_retried_by_alertmanager_and_runs_once(
+    tmp_path: Path,
+) -> None:
+    """The store cannot take the notification (another writer holds SQLite's lock): the
+    mitigator answers 503 within the busy timeout, Alertmanager retries, and once the
+    lock is gone the retry is stored and the action runs exactly once."""
+    out = tmp_path / "ran.jsonl"
+    with Mitigator(tmp_path, [_policy(out)]) as m, _alertmanager(tmp_path, m) as send:
+        lock = sqlite3.connect(tmp_path / "mitigator.db", timeout=0, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            send({"startsAt": _iso(time.time() - 5)})
+            deadline = time.monotonic() + 30
+            while m.metrics().get("mlmon_webhook_notifications_total", result="unavailable") < 1:
+                assert time.monotonic() < deadline, m.log_tail()
+                time.sleep(0.2)
+            assert m.actions() == []  # nothing was stored
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        (act,) = m.wait_done(1, timeout=40)
+        time.sleep(2)  # room for a stray second run
+        metrics = m.metrics()
+        acts = m.actions()
+    assert act["outcome"] == "success"
+    assert len(acts) == 1
+    assert _lines(out) == [["firing", "m1", act["alert"]["fingerprint"]]]
+    assert metrics.get("mlmon_webhook_notifications_total", result="accepted") >= 1
+
+
+def test_rate_limits_per_policy_and_global(tmp_path: Path) -> None:
+    """``max_per_hour`` caps one policy; ``mitigator.max_actions_per_hour`` caps all."""
+    out = tmp_path / "ran.jsonl"
+
+    def alert(name: str, fp: str) -> dict[str, Any]:
+        a = json.loads(json.dumps(C26["alerts"][0]))
+        a.update(fingerprint=fp, labels={**a["labels"], "alertname": name})
+        return {**C26, "alerts": [a]}
+
+    policies = [
+        {**_policy(out), "name": "a", "match": {"alertname": "A"}, "max_per_hour": 1},
+        {**_policy(out), "name": "b", "match": {"alertname": "B"}},
+    ]
+    with Mitigator(tmp_path, policies, max_actions_per_hour=2) as m:
+        for i, (name, fp) in enumerate([("A", "f1"), ("A", "f2"), ("B", "f3"), ("B", "f4")]):
+            assert m.post(alert(name, fp))[0] == 200
+            m.wait_done(i + 1)
+        acts = {a["alert"]["fingerprint"]: a for a in m.actions()}
+        metrics = m.metrics()
+    assert {fp: a["outcome"] for fp, a in acts.items()} == {
+        "f1": "success", "f2": "skipped", "f3": "success", "f4": "skipped",
+    }  # fmt: skip
+    assert acts["f2"]["detail"] == "rate limit: 1 actions of this policy in the last hour"
+    assert acts["f4"]["detail"] == "global rate limit: 2 actions in the last hour"
+    assert [line[2] for line in _lines(out)] == ["f1", "f3"]
+    assert (
+        metrics.get(
+            "mlmon_mitigation_actions_total", policy="b", action="command", outcome="skipped"
+        )
+        == 1
+    )
 
 
 def test_fuzzed_bodies_get_4xx_or_200_never_5xx(tmp_path: Path) -> None:
@@ -424,3 +509,13 @@ def test_a_sidecar_action_shifts_a_real_sidecar_to_its_fallback_and_the_resolve_
         ("revert", "success"),
     ]
     assert metrics.get("mlmon_route_weight", upstream="primary") == 1.0
+
+
+def test_an_apply_waits_min_firing_seconds_from_startsat_but_never_longer_from_now() -> None:
+    from monitor.mitigator.service import _due
+
+    now = 1_000_000.0
+    assert _due(now - 100, 60, now) == now  # fired 100 s ago: due at once
+    assert _due(now - 20, 60, now) == now + 40  # fired 20 s ago: 40 s more
+    assert _due(now + 3600, 60, now) == now + 60  # startsAt an hour ahead (skew): 60 s
+    assert _due(now + 3600, 0, now) == now

@@ -314,3 +314,75 @@ def test_alerting_problems_name_the_field(
     with pytest.raises(SpecError) as err:
         parse_spec(data)
     assert any(p.startswith(expected) for p in err.value.problems), err.value.problems
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (
+            {"action": {"op": "route"}},
+            "mitigations[0].action: type: expected one of sidecar, http, command, "
+            "got nothing (the key is missing)",
+        ),
+        (
+            {"action": {"type": "sidecar", "op": "drain"}},
+            "mitigations[0].action: op: expected one of route, shed, quarantine, restore, "
+            "got 'drain'",
+        ),
+        (
+            {"action": {"type": "sidecar", "op": "route", "fallback_weight": 2}},
+            "mitigations[0].action: fallback_weight: expected a number in [0, 1]",
+        ),
+        (
+            {"action": {"type": "sidecar", "op": "shed"}},
+            "mitigations[0].action: concurrency_limit: expected an integer >= 1",
+        ),
+        (
+            {"action": {"type": "http", "url": "x"}},
+            "mitigations[0].action: url: expected an http(s) URL",
+        ),
+        (
+            {"action": {"type": "command", "argv": []}},
+            "mitigations[0].action: argv: expected a non-empty list of strings",
+        ),
+        (
+            {"action": {"type": "command", "argv": ["x"], "shell": True}},
+            "mitigations[0].action: unknown key(s) shell for a command action",
+        ),
+        (
+            {"action": {"type": "command", "argv": ["x"]}, "revert": {"type": "http"}},
+            "mitigations[0].revert: url: expected an http(s) URL",
+        ),
+        (
+            {"action": {"type": "command", "argv": ["x"]}, "revert_on_resolve": True},
+            "mitigations[0]: revert_on_resolve: a command action has no automatic inverse; "
+            "give a revert",
+        ),
+    ],
+    ids=[
+        "An action without a type says the key is missing.",
+        "An unknown sidecar op lists the known ones.",
+        "A fallback weight above 1 is refused.",
+        "A shed without a concurrency limit is refused.",
+        "An http action's URL must be http(s).",
+        "A command needs a program.",
+        "An unknown action key is named (no silent shell=True).",
+        "The revert is checked like the action.",
+        "revert_on_resolve needs a revert unless the action is a sidecar one.",
+    ],
+)
+def test_mitigation_actions_are_checked_when_the_spec_loads(policy: dict, expected: str) -> None:
+    data = base()
+    data["mitigations"] = [{"name": "p", "match": {"alertname": "X"}, **policy}]
+    with pytest.raises(SpecError) as err:
+        parse_spec(data)
+    assert err.value.problems == [expected]
+
+
+def test_a_sidecar_policy_reverts_by_its_inverse_without_a_revert() -> None:
+    data = base()
+    shed = {"type": "sidecar", "op": "shed", "concurrency_limit": 4}
+    data["mitigations"] = [
+        {"name": "p", "match": {"alertname": "X"}, "revert_on_resolve": True, "action": shed}
+    ]
+    assert parse_spec(data).mitigations[0].revert is None

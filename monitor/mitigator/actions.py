@@ -5,7 +5,8 @@ Each action is a dict from the spec (``mitigations[].action`` / ``revert``):
 - ``{type: sidecar, op: route, fallback_weight: 1.0}`` / ``op: shed, concurrency_limit: N``
   / ``op: quarantine`` / ``op: restore``: a ``PUT /v1/control`` on the sidecar(s) of
   the alert's model (docs/sidecar.md, control API). ``urls: [...]`` names the
-  sidecars' admin addresses; default the alert's ``instance`` label. The token is
+  sidecars' admin addresses; default the alert's ``instance`` label, else every
+  sidecar of the model that ``mitigator.prometheus_url`` scrapes. The token is
   the model's ``control`` token. Without ``revert``, a sidecar action's revert is
   its inverse (weight 0, no limit, not quarantined).
 - ``{type: http, method: POST, url: ..., headers: {...}, body: '...'}``: one
@@ -34,10 +35,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 
+from monitor.conventions import MODEL_INFO
 from monitor.mitigator.policy import ActionError
 
 _TEMPLATE = re.compile(
@@ -75,12 +77,19 @@ class Executor:
         retries: extra attempts after a retryable failure.
         tokens: model name -> sidecar control token.
         backoff_base: first backoff in seconds (doubles per attempt, full jitter, max 30 s).
+        prometheus_url: where to find a model's sidecars when a sidecar action has no
+            ``urls`` and the alert no ``instance`` label (an SLO alert is summed over
+            replicas): the ``instance`` of every ``mlmon_model_info{model, job}`` series,
+            the sidecars' admin (metrics) addresses that Prometheus scrapes.
+        sidecar_job: the sidecars' scrape job (``alerting.sidecar_job``).
     """
 
     timeout: float = 30.0
     retries: int = 3
     tokens: Mapping[str, str] = field(default_factory=dict)
     backoff_base: float = 0.5
+    prometheus_url: str | None = None
+    sidecar_job: str = "model-sidecar"
     clock: Callable[[], float] = time.monotonic
     _breakers: dict[str, _Breaker] = field(default_factory=dict)
 
@@ -151,9 +160,12 @@ class Executor:
         urls = action.get("urls") or (
             [f"http://{labels['instance']}"] if labels.get("instance") else []
         )
+        if not urls and self.prometheus_url and model:
+            urls = await self._discover(str(model))
         if not urls:
             raise ActionError(
-                "sidecar action: no urls in the action and no instance label on the alert",
+                "sidecar action: no urls in the action, no instance label on the alert"
+                + ("" if self.prometheus_url else " and no mitigator.prometheus_url to ask"),
                 retryable=False,
             )
         token = self.tokens.get(str(model)) if model else None
@@ -183,6 +195,39 @@ class Executor:
             )
             done.append(url)
         return f"PUT {json.dumps(body)} to {', '.join(done)}"
+
+    async def _discover(self, model: str) -> list[str]:
+        """Admin URLs of the sidecars Prometheus scrapes for ``model`` (sorted).
+
+        Raises:
+            ActionError: Prometheus did not answer (retryable), or knows no sidecar of
+                ``model`` (retryable: a scrape may be late).
+        """
+        assert self.prometheus_url is not None
+        query = (
+            f'group by (instance) ({MODEL_INFO}{{model="{promql_escape(model)}",'
+            f'job="{promql_escape(self.sidecar_job)}"}})'
+        )
+        url = f"{self.prometheus_url.rstrip('/')}/api/v1/query?{urlencode({'query': query})}"
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as s,
+                s.get(url) as resp,
+            ):
+                doc = await resp.json(content_type=None)
+            result = doc["data"]["result"]
+            instances = sorted({str(r["metric"]["instance"]) for r in result})
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError, TypeError) as e:
+            raise ActionError(
+                f"sidecar action: cannot ask Prometheus for model {model!r}'s sidecars: "
+                f"{type(e).__name__}: {e}"
+            ) from None
+        if not instances:
+            raise ActionError(
+                f"sidecar action: Prometheus has no {MODEL_INFO} series of model {model!r} "
+                f"in job {self.sidecar_job!r}"
+            )
+        return [f"http://{i}" for i in instances]
 
     async def _http(self, action: Mapping[str, Any], alert: Mapping[str, Any]) -> str:
         method = str(action.get("method", "POST")).upper()
@@ -230,3 +275,8 @@ class Executor:
             tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
             raise ActionError(f"command {argv[0]}: exit status {proc.returncode}: {tail[0][:200]}")
         return f"command {Path(argv[0]).name}: exit 0"
+
+
+def promql_escape(value: str) -> str:
+    """Escape a PromQL label value (backslash, double quote, newline)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -55,7 +55,7 @@ from prometheus_client import (
 from monitor import conventions as c
 from monitor.errors import MonitorError, SpecError
 from monitor.mitigator import webhook
-from monitor.mitigator.actions import Executor
+from monitor.mitigator.actions import Executor, promql_escape
 from monitor.mitigator.policy import ActionError, inverse
 from monitor.mitigator.store import Job, PlannedJob, Store, StoreError, open_store
 from monitor.spec import MitigationSpec, MonitorSpec
@@ -142,7 +142,11 @@ class Mitigator:
                     m.control.token_file, m.control.token_env, f"models[{m.name}].control"
                 )
         self.executor = Executor(
-            timeout=cfg.action_timeout_seconds, retries=cfg.retries, tokens=tokens
+            timeout=cfg.action_timeout_seconds,
+            retries=cfg.retries,
+            tokens=tokens,
+            prometheus_url=cfg.prometheus_url,
+            sidecar_job=spec.alerting.sidecar_job,
         )
         self.store = store or open_store(cfg.store)
         self.owner = owner or f"{socket.gethostname()}:{cfg.listen}"
@@ -463,13 +467,13 @@ class Mitigator:
         labels = job.alert.get("labels") or {}
         name = labels.get("alertname", "")
         sel = ",".join(
-            f'{k}="{_esc(v)}"'
+            f'{k}="{promql_escape(v)}"'
             for k, v in sorted(labels.items())
             if k in ("alertname", "model", "slo", "severity")
         )
         queries = {"firing": f'ALERTS{{{sel},alertstate="firing"}}'}
         if "job" in labels:
-            queries["targets"] = f'up{{job="{_esc(labels["job"])}"}}'
+            queries["targets"] = f'up{{job="{promql_escape(labels["job"])}"}}'
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
                 results = {}
@@ -601,10 +605,6 @@ def _due(starts_at: float, min_firing: float, now: float) -> float:
     never later than ``now + min_firing_seconds`` (a ``startsAt`` in the future is clock
     skew between Prometheus and this host; trusting it would hold the job for as long)."""
     return min(max(now, starts_at + min_firing), now + min_firing)
-
-
-def _esc(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def run_mitigator(spec: MonitorSpec, listen: tuple[str, int]) -> None:

@@ -30,6 +30,10 @@ from typing import Any
 
 from monitor.errors import MonitorError
 
+SQLITE_BUSY_TIMEOUT_S = 2.0
+"""How long a SQLite write waits for a lock: short, so a webhook is answered (503,
+Alertmanager retries) within about two seconds rather than held past its timeout."""
+
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS notifications (
         id {pk},
@@ -398,7 +402,7 @@ def open_store(url: str) -> Store:
 
         def connect() -> sqlite3.Connection:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, check_same_thread=False, timeout=10.0)
+            conn = sqlite3.connect(path, check_same_thread=False, timeout=SQLITE_BUSY_TIMEOUT_S)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             return conn
