@@ -53,8 +53,9 @@ def test_set_version_keeps_one_info_series_and_old_counts() -> None:
     m.set_version("8")
     m.observe_request("m", "/r", 200, "ok", 0.01, None)
     get = reg.get_sample_value
-    assert get("mlmon_model_info", {"model": "m", "version": "7"}) is None
-    assert get("mlmon_model_info", {"model": "m", "version": "8"}) == 1
+    info = {"model": "m", "fingerprint": ""}
+    assert get("mlmon_model_info", {**info, "version": "7"}) is None
+    assert get("mlmon_model_info", {**info, "version": "8"}) == 1
     base = {"model": "m", "route": "/r", "code": "200", "outcome": "ok"}
     assert get("mlmon_requests_total", {**base, "version": "7"}) == 1
     assert get("mlmon_requests_total", {**base, "version": "8"}) == 1

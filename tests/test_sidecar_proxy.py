@@ -464,14 +464,15 @@ def test_c11_a_version_change_leaves_no_stale_info_series_and_keeps_counts(
             urllib.request.Request(upstream.url + "/admin/version/8", method="POST")
         ).read()
         deadline = time.monotonic() + 5
-        while proc.scrape().series("mlmon_model_info") != [{"model": "m", "version": "8"}]:
+        want = [{"model": "m", "version": "8", "fingerprint": ""}]
+        while proc.scrape().series("mlmon_model_info") != want:
             assert time.monotonic() < deadline, proc.scrape().series("mlmon_model_info")
             time.sleep(0.1)
         for _ in range(5):
             c.request("POST", "/v2/models/m/infer", body=v2_body([[1, 2]]))
             c.getresponse().read()
         m = proc.scrape()
-        assert m.series("mlmon_model_info") == [{"model": "m", "version": "8"}]
+        assert m.series("mlmon_model_info") == want
         assert m.get("mlmon_requests_total", version="7", route="/v2/models/{model}/infer") == 20
         assert m.get("mlmon_requests_total", version="8", route="/v2/models/{model}/infer") == 5
         assert m.get("mlmon_requests_total", route="/v2/models/{model}/infer") == 25

@@ -20,10 +20,9 @@ import yaml
 from tritonclient.utils import InferenceServerException
 
 from monitor.capture import read_capture
-from monitor.demo import v2_input
 from monitor.modelserver import MLflowServerProcess, MLServerProcess, TrainedModel
 from monitor.procs import ManagedProcess, free_ports
-from tests.support import ROOT, SidecarProc, require_tool, sidecar
+from tests.support import ROOT, SidecarProc, require_tool, sidecar, v2_input
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -102,7 +101,7 @@ def test_exact_counts_for_20_v2_requests_through_the_sidecar(
     assert m.get("mlmon_inflight_requests") == 0
     assert m.get("mlmon_upstream_up") == 1
     # MLServer's metadata names no version; its responses do ("model_version": "1").
-    assert m.series("mlmon_model_info") == [{"model": "bc", "version": "1"}]
+    assert m.series("mlmon_model_info") == [{"model": "bc", "version": "1", "fingerprint": ""}]
 
     # Capture: every inference request's rows (20), written as Parquet for the drift job.
     deadline = time.monotonic() + 10

@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -249,6 +250,8 @@ class Sidecar:
         model_name: which model of the spec this sidecar fronts.
         listen, metrics_listen: ``(host, port)``; port 0 picks a free one.
         registry: metrics registry (default: a new one with process metrics).
+        nvml: the ``pynvml`` module for the GPU collector (default: imported when the
+            model's ``gpu_metrics`` is on; tests pass ``tests/fake_pynvml.py``'s fake).
 
     Raises:
         SpecError: unknown model name, or a tracing exporter that is missing.
@@ -263,6 +266,7 @@ class Sidecar:
         listen: tuple[str, int] = ("127.0.0.1", 0),
         metrics_listen: tuple[str, int] = ("127.0.0.1", 0),
         registry: CollectorRegistry | None = None,
+        nvml: Any = None,
     ) -> None:
         self.spec = spec
         self.model = spec.model(model_name)
@@ -273,6 +277,13 @@ class Sidecar:
             ProcessCollector(registry=registry)
         self.registry = registry
         self.metrics = SidecarMetrics(self.model, registry)
+        self.gpu: Any = None
+        """The node's GPU health (:class:`monitor.gpu.GpuCollector`), read on each scrape
+        from a worker thread, so a hung driver never blocks the proxy (case C19)."""
+        if self.model.gpu_metrics:
+            from monitor.gpu.nvml import GpuCollector
+
+            self.gpu = GpuCollector(nvml=nvml, registry=registry, refresh_on_collect=False)
         self.control: ctl.ControlPlane | None = None
         if self.model.control is not None:
             where = f"models[{spec.models.index(self.model)}].control"
@@ -295,6 +306,11 @@ class Sidecar:
             tracer=self.tracer,
             capture=self.capture,
         )
+        self._fingerprint_task: asyncio.Task[None] | None = None
+        self._fingerprint_again = False
+        self._fingerprint_signature: Any = None
+        if self.model.weights_path is not None:
+            self.metrics.on_version_change = self._version_changed
         self.proxy: ProxyServer | None = None
         self._runner: web.AppRunner | None = None
         self._probe_task: asyncio.Task[None] | None = None
@@ -357,11 +373,19 @@ class Sidecar:
         self._session = aiohttp.ClientSession(
             timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)
         )
+        if self.gpu is not None:  # NVML init (or "no driver") before the first scrape
+            await asyncio.get_running_loop().run_in_executor(None, self.gpu.refresh)
+        if m.weights_path is not None:  # hashed in the background, off the start-up path
+            self._refresh_fingerprint()
         await self.probe()
         self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop())
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
         """Stop accepting, let in-flight requests finish (``grace_seconds``), flush capture."""
+        if self._fingerprint_task is not None:
+            self._fingerprint_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fingerprint_task
         if self._probe_task is not None:
             self._probe_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -383,6 +407,8 @@ class Sidecar:
             await asyncio.get_running_loop().run_in_executor(None, self.capture.close)
         if self.tracer is not None:
             self.tracer.shutdown()
+        if self.gpu is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.gpu.close)
 
     async def probe(self) -> bool:
         """Probe the upstream's readiness (and version); update ``mlmon_upstream_up``."""
@@ -417,6 +443,66 @@ class Sidecar:
                 pass
         return up
 
+    def _version_changed(self, version: str) -> None:
+        """The served version changed, so the weights may have too (called on the loop)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # a test driving SidecarMetrics without a loop
+            return
+        self._refresh_fingerprint()
+
+    def _refresh_fingerprint(self) -> None:
+        """Re-hash ``weights_path`` on a worker thread unless a check is running already
+        (it then checks again when done)."""
+        task = self._fingerprint_task
+        if task is not None and not task.done():
+            self._fingerprint_again = True
+            return
+        self._fingerprint_task = asyncio.get_running_loop().create_task(self._fingerprint())
+
+    async def _fingerprint(self) -> None:
+        """Export the sha256 of ``weights_path`` as the fingerprint.
+
+        The files' size, mtime and inode are read first: when they did not change since the
+        last hash, the hash stands (a version change need not re-read 100 GB of weights).
+        While a new hash is computed the fingerprint is empty (unknown).
+        """
+        from monitor.sidecar.fingerprint import weights_fingerprint, weights_signature
+
+        path = self.model.weights_path
+        assert path is not None
+        where = f"models[{self.spec.models.index(self.model)}].weights_path"
+        loop = asyncio.get_running_loop()
+        again = True
+        while again:
+            self._fingerprint_again = False
+            t0 = time.monotonic()
+            try:
+                signature = await loop.run_in_executor(None, weights_signature, path)
+                if signature != self._fingerprint_signature:
+                    self.metrics.set_fingerprint("")
+                    digest = await loop.run_in_executor(None, weights_fingerprint, path)
+                    self._fingerprint_signature = signature
+                    self.metrics.set_fingerprint(digest)
+                    log.info(
+                        "weights %s: sha256 %s (%.2fs; version %s)",
+                        path,
+                        digest,
+                        time.monotonic() - t0,
+                        self.metrics.version,
+                    )
+            except OSError as exc:
+                self._fingerprint_signature = None
+                self.metrics.set_fingerprint("")
+                log.error(
+                    "%s: cannot hash %s (%s); %s has an empty fingerprint",
+                    where,
+                    path,
+                    exc.strerror or exc,
+                    c.MODEL_INFO,
+                )
+            again = self._fingerprint_again
+
     async def _probe_loop(self) -> None:
         while True:
             await asyncio.sleep(self.model.probe_interval_seconds)
@@ -426,6 +512,10 @@ class Sidecar:
                 log.exception("readiness probe failed")
 
     async def _handle_metrics(self, request: web.Request) -> web.Response:
+        if self.gpu is not None:
+            # NVML reads block (up to the collector's timeout on a hung driver): off the
+            # event loop. The encoding below stays on it, with the proxy's counters.
+            await asyncio.get_running_loop().run_in_executor(None, self.gpu.refresh)
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         return web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
 

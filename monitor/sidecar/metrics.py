@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -218,8 +218,9 @@ class SidecarMetrics:
         ).labels(self.name)
         self.info = Gauge(
             c.MODEL_INFO,
-            "Model version served behind this sidecar (always 1).",
-            [L.LABEL_MODEL, L.LABEL_VERSION],
+            "Model version and weights fingerprint (sha256 of models[].weights_path; empty "
+            "when unset or not yet computed) served behind this sidecar (always 1).",
+            [L.LABEL_MODEL, L.LABEL_VERSION, L.LABEL_FINGERPRINT],
             registry=r,
         )
         sizes = []
@@ -345,7 +346,11 @@ class SidecarMetrics:
         self._ttfb_children: dict[tuple[str, str, str], Any] = {}
         self._pred_children: dict[str, Any] = {}
         self.version = UNKNOWN_VERSION
-        self.set_version(model.version or UNKNOWN_VERSION)
+        self.fingerprint = ""
+        self.on_version_change: Callable[[str], None] | None = None
+        """Called with the new version after :meth:`set_version` changed it (the sidecar
+        recomputes the weights fingerprint then)."""
+        self._set_info(model.version or UNKNOWN_VERSION, "")
 
     # -- version --------------------------------------------------------------
     def set_version(self, version: str) -> None:
@@ -353,16 +358,28 @@ class SidecarMetrics:
 
         The old info series is removed, not left at 1 (a stale gauge would make a
         cross-replica version check see two versions; the kind of fault in C11).
-        Counters keep their old-version series (counters never go down).
+        Counters keep their old-version series (counters never go down). A change
+        calls :attr:`on_version_change`.
         """
         if version == self.version and self.info._metrics:
             return
+        self._set_info(version, self.fingerprint)
+        if self.on_version_change is not None:
+            self.on_version_change(version)
+
+    def set_fingerprint(self, fingerprint: str) -> None:
+        """Set the weights fingerprint (hex sha256, or empty for unknown) of the info series."""
+        if fingerprint != self.fingerprint:
+            self._set_info(self.version, fingerprint)
+
+    def _set_info(self, version: str, fingerprint: str) -> None:
         try:  # noqa: SIM105 - cheaper than contextlib.suppress
-            self.info.remove(self.name, self.version)
+            self.info.remove(self.name, self.version, self.fingerprint)
         except KeyError:
             pass
         self.version = version
-        self.info.labels(self.name, version).set(1)
+        self.fingerprint = fingerprint
+        self.info.labels(self.name, version, fingerprint).set(1)
 
     def set_control(
         self, fallback_weight: float, concurrency_limit: int | None, quarantined: bool
