@@ -1,8 +1,10 @@
 """``monitor generate``: the files it writes, their determinism, ``--check``, the
-committed ``alerts/`` being fresh, and promtool on the generated rules and tests."""
+committed ``alerts/`` and ``dashboards/`` being fresh, and promtool on the generated
+rules and tests. The dashboards themselves are tested in tests/test_dashboards.py."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -19,6 +21,10 @@ from tests.support import require_tool
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_SPEC = ROOT / "deploy" / "monitor.yaml"
 ALERT_FILES = ["alerts/alertmanager.yml", "alerts/demo.rules.test.yml", "alerts/demo.rules.yml"]
+DASHBOARD_FILES = [
+    f"dashboards/demo-{name}.json" for name in ("data-quality", "gpu", "mitigations", "overview")
+]
+GENERATED_FILES = ALERT_FILES + DASHBOARD_FILES
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -39,10 +45,11 @@ def out(tmp_path: Path) -> Path:
     return d
 
 
-def test_the_committed_alerts_directory_is_up_to_date() -> None:
+def test_the_committed_generated_files_are_up_to_date() -> None:
     result = gen.check(DEMO_SPEC, ROOT)
     assert result.ok, (
-        "alerts/ is stale; run: .venv/bin/monitor generate --config deploy/monitor.yaml --out .\n"
+        "alerts/ or dashboards/ is stale; run: "
+        ".venv/bin/monitor generate --config deploy/monitor.yaml --out .\n"
         + "".join(result.changed.values())
         + "".join(f"missing: {p}\n" for p in result.missing)
         + "".join(f"no longer generated: {p}\n" for p in result.stale)
@@ -51,13 +58,33 @@ def test_the_committed_alerts_directory_is_up_to_date() -> None:
 
 def test_generate_writes_the_alert_files_each_with_a_do_not_edit_header(out: Path) -> None:
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert files == ALERT_FILES
-    for rel in files:
+    assert files == GENERATED_FILES
+    for rel in ALERT_FILES:
         text = (out / rel).read_text()
         assert text.startswith(f"# {GENERATED_MARKER} from {DEMO_SPEC}\n"), rel
         assert yaml.safe_load(text), rel
     tests = yaml.safe_load((out / "alerts/demo.rules.test.yml").read_text())
     assert tests["rule_files"] == ["demo.rules.yml"]
+
+
+def test_generate_writes_the_dashboards_each_marked_in_its_description(out: Path) -> None:
+    """JSON has no comments: the DO NOT EDIT marker ends the dashboard's description."""
+    for rel in DASHBOARD_FILES:
+        doc = json.loads((out / rel).read_text())
+        assert f"{GENERATED_MARKER} from {DEMO_SPEC}" in doc["description"], rel
+        assert doc["uid"] == f"mlmon-demo-{rel.removeprefix('dashboards/demo-')[:-5]}"
+
+
+def test_a_stale_generated_dashboard_is_removed_and_a_hand_made_one_kept(out: Path) -> None:
+    stale = out / "dashboards" / "old-overview.json"
+    stale.write_text(json.dumps({"description": f"{GENERATED_MARKER} from x"}))
+    mine = out / "dashboards" / "mine.json"
+    mine.write_text(json.dumps({"title": "hand-made"}))
+    res = run_cli("--config", DEMO_SPEC, "--out", out, "--check")
+    assert res.returncode == 1
+    assert f"{stale}: generated but no longer produced by the spec" in res.stderr
+    assert run_cli("--config", DEMO_SPEC, "--out", out).returncode == 0
+    assert not stale.exists() and mine.exists()
 
 
 def test_the_header_names_the_spec_relative_to_the_output_directory_when_under_it(
@@ -76,18 +103,18 @@ def test_two_runs_give_byte_identical_files_and_the_second_rewrites_nothing(
 ) -> None:
     again = tmp_path / "again"
     assert run_cli("--config", DEMO_SPEC, "--out", again).returncode == 0
-    for rel in ALERT_FILES:
+    for rel in GENERATED_FILES:
         assert (out / rel).read_bytes() == (again / rel).read_bytes(), rel
-    before = {rel: (out / rel).stat().st_mtime_ns for rel in ALERT_FILES}
+    before = {rel: (out / rel).stat().st_mtime_ns for rel in GENERATED_FILES}
     res = run_cli("--config", DEMO_SPEC, "--out", out)
     assert res.returncode == 0 and "already up to date" in res.stdout
-    assert before == {rel: (out / rel).stat().st_mtime_ns for rel in ALERT_FILES}
+    assert before == {rel: (out / rel).stat().st_mtime_ns for rel in GENERATED_FILES}
 
 
 def test_check_exits_0_when_the_files_are_fresh(out: Path) -> None:
     res = run_cli("--config", DEMO_SPEC, "--out", out, "--check")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.strip() == f"3 file(s) under {out} up to date"
+    assert res.stdout.strip() == f"{len(GENERATED_FILES)} file(s) under {out} up to date"
 
 
 def test_check_exits_1_with_a_unified_diff_after_a_manual_edit(out: Path) -> None:
