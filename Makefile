@@ -11,7 +11,7 @@ SERVERS := $(VENV)/servers
 DEB_PACKAGES := prometheus prometheus-alertmanager prometheus-pushgateway postgresql nginx-light wrk
 PYTEST_ARGS ?=
 
-.PHONY: help venv servers system-deps test lint format generate demo bench bench-drift soak clean
+.PHONY: help venv servers system-deps test lint format generate docs demo bench bench-drift soak clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -21,7 +21,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,otlp,demo,drift,spark,postgres,gpu]'
+	$(BIN)/pip install -q -e '.[dev,otlp,demo,drift,spark,postgres,gpu,dashboards]'
 	@touch $@
 
 venv: $(VENV)/.installed ## Create .venv with the package, its extras and the dev tools
@@ -58,6 +58,9 @@ format: venv ## Format the code with ruff
 
 generate: venv ## Regenerate alerts/ from deploy/monitor.yaml
 	$(BIN)/monitor generate --config deploy/monitor.yaml --out .
+
+docs: venv ## Regenerate docs/reference/ from monitor/conventions.py and monitor/spec.py
+	$(BIN)/monitor docs --out docs/reference
 
 demo: venv servers system-deps ## Set up everything, then run the demo
 	$(BIN)/monitor demo

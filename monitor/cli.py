@@ -101,7 +101,7 @@ def sidecar(config: Path, model: str, listen: str, metrics_listen: str) -> None:
     "out",
     required=True,
     type=click.Path(path_type=Path, file_okay=False),
-    help="Output directory; files go under DIR/alerts/.",
+    help="Output directory; files go under DIR/alerts/ and DIR/dashboards/.",
 )
 @click.option(
     "--check",
@@ -110,7 +110,8 @@ def sidecar(config: Path, model: str, listen: str, metrics_listen: str) -> None:
     help="Write nothing; exit 1 with a diff when the files under DIR are not up to date.",
 )
 def generate(config: Path, out: Path, check: bool) -> None:
-    """Generate the Prometheus rules, their promtool tests and the Alertmanager config."""
+    """Generate the Prometheus rules, their promtool tests, the Alertmanager config and the
+    Grafana dashboards."""
     from monitor import generate as gen
 
     try:
@@ -143,19 +144,23 @@ def generate(config: Path, out: Path, check: bool) -> None:
 
 
 @main.command()
-@click.option("--requests", default=300, show_default=True, help="Inference requests to send.")
+@click.option(
+    "--fast", is_flag=True, help="Shorter phases: about 90 s instead of about 4 min (for tests)."
+)
 @click.option(
     "--out",
     "out",
     type=click.Path(path_type=Path),
     default=None,
-    help="Directory for the model, logs and capture (default: a new temp dir).",
+    help="Directory for models, logs, reports and summary.json (default: a new temp dir).",
 )
-def demo(requests: int, out: Path | None) -> None:
-    """Run the demo: MLServer + sidecar + real traffic, then print what was measured."""
+def demo(fast: bool, out: Path | None) -> None:
+    """Run the whole loop on real model servers: traffic in phases (healthy, covariate
+    shift, a hung primary, recovery), drift detection, an error-budget page, the
+    mitigator shifting traffic to the fallback and back; then a summary and reports."""
     from monitor.demo import main as demo_main
 
-    sys.exit(demo_main(requests, out))
+    sys.exit(demo_main(out, fast))
 
 
 if __name__ == "__main__":  # pragma: no cover
@@ -329,9 +334,10 @@ def _register() -> None:
     """Command groups that live beside their code (imported lazily inside each command)."""
     from monitor.canary.cli import canary
     from monitor.dashboards.cli import dashboards
+    from monitor.docgen import docs_command
     from monitor.gpu.cli import gpu_exporter
 
-    for command in (dashboards, gpu_exporter, canary):
+    for command in (dashboards, gpu_exporter, canary, docs_command):
         main.add_command(command)
 
 

@@ -238,12 +238,28 @@ GPU_THROTTLE_REASON: Final = metric("gpu_throttle_reason")
 GPU_ECC_ERRORS_TOTAL: Final = metric("gpu_ecc_errors_total")
 """Counter per ``{gpu, error_type, scope}``: corrected | uncorrected, volatile | aggregate."""
 GPU_RETIRED_PAGES: Final = metric("gpu_retired_pages")
+"""Gauge per ``{gpu, error_type}``: pages retired for corrected (multiple single-bit) or
+uncorrected (double-bit) ECC errors (pre-Ampere GPUs; Ampere and later remap rows)."""
 GPU_REMAPPED_ROWS: Final = metric("gpu_remapped_rows")
+"""Gauge per ``{gpu, error_type}``: memory rows remapped for corrected or uncorrected errors."""
 GPU_XID_ERRORS_TOTAL: Final = metric("gpu_xid_errors_total")
 """Counter per ``{gpu, xid}``, one per NVML XID event (two identical XIDs count twice)."""
 GPU_PCIE_REPLAY_TOTAL: Final = metric("gpu_pcie_replay_total")
 GPU_NVLINK_ERRORS_TOTAL: Final = metric("gpu_nvlink_errors_total")
 GPU_NVML_ERRORS_TOTAL: Final = metric("gpu_nvml_errors_total")
+"""Counter per ``{gpu, error}``: NVML calls that failed or timed out (``gpu`` empty for
+calls that concern no one GPU: init, device count, the XID event loop)."""
+GPU_ROW_REMAP_PENDING: Final = metric("gpu_row_remap_pending")
+"""Gauge 0/1: a row remapping waits for the next GPU reset (NVML ``isPending``)."""
+GPU_ROW_REMAP_FAILURE: Final = metric("gpu_row_remap_failure")
+"""Gauge 0/1: a row remapping failed; the GPU needs service (NVML ``failureOccurred``)."""
+LABEL_ERROR: Final = "error"
+"""NVML error name in snake case (``gpu_is_lost``, ``timeout``, ``unknown``, ...)."""
+
+DEFAULT_GPU_EXPORTER_LISTEN: Final = "127.0.0.1:9835"
+"""``monitor gpu-exporter``'s default; dcgm-exporter's 9400 is the sidecar's metrics port."""
+DEFAULT_NVML_TIMEOUT_SECONDS: Final = 2.0
+"""Bound on one GPU's NVML reads per scrape (case C19's "e.g. 2 s")."""
 
 GPU_REASON_NO_DRIVER: Final = "no_driver"
 GPU_REASON_NO_DEVICE: Final = "no_device"
@@ -258,6 +274,7 @@ THROTTLE_HW_SLOWDOWN: Final = "hw_slowdown"
 THROTTLE_SYNC_BOOST: Final = "sync_boost"
 THROTTLE_GPU_IDLE: Final = "gpu_idle"
 THROTTLE_APPLICATIONS_CLOCKS: Final = "applications_clocks"
+THROTTLE_DISPLAY_CLOCKS: Final = "display_clocks"
 THROTTLE_THERMAL_POWER: Final = (
     THROTTLE_SW_THERMAL,
     THROTTLE_HW_THERMAL,
@@ -272,6 +289,13 @@ ECC_UNCORRECTED: Final = "uncorrected"
 ECC_VOLATILE: Final = "volatile"
 ECC_AGGREGATE: Final = "aggregate"
 
+NVLINK_REPLAY: Final = "replay"
+NVLINK_RECOVERY: Final = "recovery"
+NVLINK_CRC_FLIT: Final = "crc_flit"
+NVLINK_CRC_DATA: Final = "crc_data"
+"""``error_type`` values of ``mlmon_gpu_nvlink_errors_total`` (NVML
+``NVML_NVLINK_ERROR_DL_*``), summed over the GPU's links."""
+
 # --- golden-set canary and model versions (issue 7) ----------------------------
 LABEL_REPLICA: Final = "replica"
 LABEL_FINGERPRINT: Final = "fingerprint"
@@ -280,6 +304,9 @@ CANARY_CHECKS_TOTAL: Final = metric("canary_checks_total")
 """Counter per ``{model, replica, result}``; ``result`` is ``pass``, ``fail`` or ``error``."""
 CANARY_MAX_ABS_ERROR: Final = metric("canary_max_abs_error")
 CANARY_LAST_SUCCESS_TIMESTAMP_SECONDS: Final = metric("canary_last_success_timestamp_seconds")
+
+DEFAULT_CANARY_LISTEN: Final = "127.0.0.1:9402"
+"""``monitor canary run --metrics-listen`` default (drift serve has 9401)."""
 
 CANARY_PASS: Final = "pass"
 CANARY_FAIL: Final = "fail"
@@ -392,3 +419,33 @@ SLO_CURRENT_BURN_RATE: Final = "model_slo:current_burn_rate:ratio"
 """Error ratio over 5 m divided by the error budget (1 = spending exactly the budget)."""
 LATENCY_SATURATION_RATIO: Final = "model:mlmon_request_duration_seconds:saturation_ratio_rate5m"
 """Share of requests slower than the top finite latency bucket (case C20)."""
+
+
+# --- dashboards (issue 5) ------------------------------------------------------------
+DASHBOARD_TAG: Final = "mlmon"
+"""Tag of every generated Grafana dashboard (with the service name), and the UID prefix."""
+DASHBOARD_OVERVIEW: Final = "overview"
+DASHBOARD_DATA_QUALITY: Final = "data-quality"
+DASHBOARD_GPU: Final = "gpu"
+DASHBOARD_MITIGATIONS: Final = "mitigations"
+DASHBOARD_UID_MAX: Final = 40
+"""Grafana's limit on a dashboard UID ("string (8-40)", dashboard schema)."""
+ALERTS: Final = "ALERTS"
+"""Prometheus' own series of pending and firing alerts (labels: the alert's, and
+``alertstate``)."""
+LABEL_ALERTSTATE: Final = "alertstate"
+"""``pending`` or ``firing`` on :data:`ALERTS`."""
+
+
+def dashboard_uid(service: str, name: str) -> str:
+    """``mlmon-<service>-<name>``, stable across runs; characters Grafana does not allow
+    in a UID become ``-``, and a UID over :data:`DASHBOARD_UID_MAX` characters is cut and
+    suffixed with 8 hex digits of its SHA-256 (so two long service names still differ)."""
+    import hashlib
+    import re
+
+    uid = re.sub(r"[^A-Za-z0-9_-]", "-", f"{DASHBOARD_TAG}-{service}-{name}")
+    if len(uid) <= DASHBOARD_UID_MAX:
+        return uid
+    digest = hashlib.sha256(uid.encode()).hexdigest()[:8]
+    return f"{uid[: DASHBOARD_UID_MAX - 9]}-{digest}"

@@ -6,7 +6,13 @@
     ├── SpecError            a monitor.yaml that cannot be loaded or is invalid
     ├── PayloadError         a request/response body the adapters cannot read
     ├── CaptureError         the capture store cannot be written or read
-    └── DriftError           a drift run cannot start (no baseline, bad data, engine missing)
+    ├── DriftError           a drift run cannot start (no baseline, bad data, engine missing)
+    ├── CanaryError          a golden set cannot be recorded or loaded (monitor.canary.golden)
+    ├── ActionError          one attempt of a mitigation action failed
+    │                        (monitor.mitigator.policy; ``retryable`` says whether to retry)
+    ├── StoreError           the mitigator's store is unavailable (monitor.mitigator.store)
+    ├── QueryError           Prometheus rejected a dashboard query (monitor.dashboards.render)
+    └── WebhookError         an Alertmanager payload is malformed (monitor.mitigator.webhook)
 
 Only the CLI turns these into exit codes; services turn bad input into a 4xx
 with the reason, and the sidecar never lets a ``PayloadError`` reach the client

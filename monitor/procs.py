@@ -19,7 +19,14 @@ from typing import IO, Self
 
 from monitor.errors import MonitorError
 
-__all__ = ["ManagedProcess", "free_ports", "http_status", "pid_alive"]
+__all__ = [
+    "AlertmanagerProcess",
+    "ManagedProcess",
+    "PrometheusProcess",
+    "free_ports",
+    "http_status",
+    "pid_alive",
+]
 
 _LOG_TAIL_LINES = 40
 _POLL_INTERVAL_S = 0.1
@@ -233,3 +240,89 @@ class ManagedProcess:
                     f"log {self.log_path}):\n{self.log_tail()}"
                 )
             time.sleep(_POLL_INTERVAL_S)
+
+
+class PrometheusProcess(ManagedProcess):
+    """Prometheus on 127.0.0.1, configured from arguments (``workdir/prometheus.yml``).
+
+    Args:
+        binary: the ``prometheus`` executable.
+        workdir: holds the config, the TSDB (``tsdb/``) and the log.
+        jobs: scrape job name -> ``host:port`` targets.
+        rule_files: rule files to load.
+        alertmanagers: ``host:port`` of Alertmanagers to send alerts to.
+        interval: scrape and evaluation interval (a Prometheus duration).
+        port: listen port (default a free one).
+
+    Attributes: ``url`` (``http://127.0.0.1:PORT``), ``port``, ``config_path``.
+    """
+
+    def __init__(
+        self,
+        binary: str,
+        workdir: Path,
+        *,
+        jobs: dict[str, list[str]],
+        rule_files: list[Path] | tuple[Path, ...] = (),
+        alertmanagers: list[str] | tuple[str, ...] = (),
+        interval: str = "1s",
+        port: int | None = None,
+    ) -> None:
+        import yaml
+
+        self.port = port or free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = workdir / "prometheus.yml"
+        cfg: dict[str, object] = {
+            "global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "rule_files": [str(p) for p in rule_files],
+            "scrape_configs": [
+                {"job_name": job, "static_configs": [{"targets": list(targets)}]}
+                for job, targets in jobs.items()
+            ],
+        }
+        if alertmanagers:
+            cfg["alerting"] = {
+                "alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]
+            }
+        self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        super().__init__(
+            [
+                binary,
+                f"--config.file={self.config_path}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            ready_url=f"{self.url}/-/ready",
+            log_path=workdir / "prometheus.log",
+            name="prometheus",
+            ready_timeout_s=30,
+        )
+
+
+class AlertmanagerProcess(ManagedProcess):
+    """Alertmanager on 127.0.0.1 with ``config``, no cluster (a single instance).
+
+    Attributes: ``url``, ``port``, ``address`` (``127.0.0.1:PORT``, for Prometheus).
+    """
+
+    def __init__(
+        self, binary: str, config: Path, workdir: Path, *, port: int | None = None
+    ) -> None:
+        self.port = port or free_ports(1)[0]
+        self.address = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.address}"
+        super().__init__(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.path={workdir / 'alertmanager-data'}",
+                f"--web.listen-address={self.address}",
+                "--cluster.listen-address=",
+            ],
+            ready_url=f"{self.url}/-/ready",
+            log_path=workdir / "alertmanager.log",
+            name="alertmanager",
+            ready_timeout_s=30,
+        )

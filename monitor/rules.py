@@ -589,7 +589,11 @@ class _Builder:
         **params: Any,
     ) -> dict[str, Any]:
         a = alert_def(name, severity)
-        for_ = self.d(_for_seconds(a, self.spec))
+        # The drift job runs on its real schedule whatever time_scale says: its "every
+        # run for 3 schedules" must not shrink below one run (150 ms at time_scale=60
+        # fired on any single chance verdict).
+        seconds = _for_seconds(a, self.spec)
+        for_ = _duration(seconds) if a.for_ == _DRIFT_FOR else self.d(seconds)
         fill = {k: str(v) for k, v in params.items()} | {"for": for_}
         return {
             "alert": a.name,

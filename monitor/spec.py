@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -34,6 +35,7 @@ from monitor.errors import SpecError
 
 __all__ = [
     "API_VERSION",
+    "CanarySpec",
     "CaptureSpec",
     "FeatureSpec",
     "ModelSpec",
@@ -281,6 +283,25 @@ class ControlSpec(_Model):
         return self
 
 
+class CanarySpec(_Model):
+    """Golden-set canary of one model (``monitor canary run``): replay recorded requests
+    to every replica and compare the answers with the recorded ones."""
+
+    golden: Path
+    """Golden file written by ``monitor canary record`` (requests and expected outputs);
+    a relative path is relative to the working directory, as every path of the spec."""
+    interval_seconds: Annotated[float, Field(gt=0)] = 30.0
+    """Seconds between two checks of each replica (default 30)."""
+    abs_tolerance: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e-6
+    """A numeric output passes when ``|actual - expected| <= abs_tolerance +
+    rel_tolerance * |expected|`` (numpy's ``isclose`` rule; default 1e-6)."""
+    rel_tolerance: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e-4
+    """Relative part of that rule (default 1e-4). Strings, booleans and integers (class
+    outputs) must be equal."""
+    timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    """Timeout of one golden request; expiry counts the check as ``error`` (default 10)."""
+
+
 class ModelSpec(_Model):
     """One model server the sidecar sits in front of."""
 
@@ -333,11 +354,32 @@ class ModelSpec(_Model):
     route a share of traffic, or all of it, there (mitigation ``shift to fallback``)."""
     control: ControlSpec | None = None
     """The sidecar's control API; omitted = disabled (404)."""
+    replicas: list[Annotated[str, AfterValidator(lambda v: ModelSpec._upstream(v))]] = []
+    """Base URLs (``http://host:port``) of every replica of the model server, checked one
+    by one by the canary; default ``[upstream]``."""
+    canary: CanarySpec | None = None
+    """Golden-set canary; omitted = none."""
+    weights_path: Path | None = None
+    """The served weights (a file, or a directory whose every file is hashed) as the
+    sidecar sees them: its sha256 is the ``fingerprint`` label of ``mlmon_model_info``,
+    computed at start-up and when the version changes. Omitted = empty fingerprint."""
+    gpu_metrics: bool = True
+    """Export the node's GPU health (``mlmon_gpu_*``, NVML) from this sidecar (default on;
+    without an NVIDIA driver it exports ``mlmon_gpu_up{reason="no_driver"} 0``). Turn it
+    off where a per-node ``monitor gpu-exporter`` runs, so GPUs are not exported twice."""
 
     @field_validator("fallback_upstream")
     @classmethod
     def _fallback(cls, v: str | None) -> str | None:
         return None if v is None else cls._upstream(v)
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas(cls, v: list[str]) -> list[str]:
+        dup = sorted({u for u in v if v.count(u) > 1})
+        if dup:
+            raise ValueError(f"must not repeat a replica; repeated: {', '.join(dup)}")
+        return v
 
     _check = field_validator("name", "upstream_name")(
         classmethod(lambda cls, v: v if v is None else _check_name(v))
@@ -397,6 +439,11 @@ class ModelSpec(_Model):
         if v is not None and not v.startswith("/"):
             raise ValueError("must start with '/'")
         return v
+
+    @property
+    def replica_urls(self) -> list[str]:
+        """``replicas``, or ``[upstream]`` when none are listed."""
+        return list(self.replicas) or [self.upstream]
 
     @property
     def route_name(self) -> str:
@@ -682,7 +729,7 @@ class MitigatorSpec(_Model):
     retries: Annotated[int, Field(ge=0)] = 3
     """Retries of a failed attempt, with exponential backoff and jitter (default 3)."""
     escalation_url: str | None = None
-    """Webhook paged when an action fails for good (default ``alerting.pager.url``)."""
+    """Webhook paged when an action fails for good (default ``alerting.pager.webhook_url``)."""
     revert_check_interval_seconds: Annotated[float, Field(gt=0)] = 30.0
     """Seconds between two safety checks of a postponed revert (case C23; default 30).
     After 20 checks that still find the alert firing or its targets down, the revert

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -172,3 +173,31 @@ class Receiver:
                     if alert["labels"].get("alertname") == alertname:
                         return auth, alert
         return None
+
+
+_NULLABLE: Any = None
+
+
+def v2_input(row: Any, name: str = "input-0") -> Any:
+    """A ``tritonclient.http.InferInput`` (FP64, JSON) for a 2-D float array, NaN sent as null.
+
+    tritonclient writes NaN as the bare token ``NaN``, which strict JSON parsers
+    (MLServer's among them) reject with 422; JSON clients send ``null`` for a
+    missing value, which MLServer reads as NaN.
+    """
+    global _NULLABLE
+    if _NULLABLE is None:
+        import tritonclient.http as triton
+
+        class NullableInput(triton.InferInput):
+            def _get_tensor(self) -> dict[str, Any]:
+                tensor = super()._get_tensor()
+                tensor["data"] = [
+                    None if isinstance(v, float) and math.isnan(v) else v for v in tensor["data"]
+                ]
+                return tensor
+
+        _NULLABLE = NullableInput
+    inp = _NULLABLE(name, list(row.shape), "FP64")
+    inp.set_data_from_numpy(row, binary_data=False)
+    return inp

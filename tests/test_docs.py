@@ -150,7 +150,7 @@ def test_the_walk_reaches_every_model_of_the_spec() -> None:
         "MonitorSpec", "ModelSpec", "FeatureSpec", "OutputSpec",
         "CaptureSpec", "TimeoutSpec", "TracingSpec", "SLOSpec", "AlertingSpec",
         "ReceiverSpec", "DriftSpec", "MitigationSpec", "LabelSpec", "MitigatorSpec",
-        "ControlSpec",
+        "ControlSpec", "CanarySpec",
     }  # fmt: skip
 
 

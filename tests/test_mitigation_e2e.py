@@ -27,7 +27,7 @@ import yaml
 from monitor import conventions as c
 from monitor.alertmanager import build_alertmanager_config
 from monitor.generate import to_yaml
-from monitor.procs import ManagedProcess, free_ports
+from monitor.procs import AlertmanagerProcess, ManagedProcess, PrometheusProcess, free_ports
 from monitor.rules import build_rules
 from monitor.spec import load_spec
 from tests.support import MONITOR, FaultServer, Receiver, SidecarProc, require_tool, write_spec
@@ -152,55 +152,14 @@ def test_an_error_burst_is_mitigated_by_shifting_to_the_fallback_and_reverted_on
         rules.write_text(to_yaml(build_rules(spec, time_scale=TIME_SCALE), "e2e"))
         am_cfg = tmp_path / "alertmanager.yml"
         am_cfg.write_text(to_yaml(build_alertmanager_config(spec, time_scale=TIME_SCALE), "e2e"))
-        prom_cfg = tmp_path / "prometheus.yml"
-        prom_cfg.write_text(
-            yaml.safe_dump(
-                {
-                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                    "rule_files": [str(rules)],
-                    "alerting": {
-                        "alertmanagers": [
-                            {"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}
-                        ]
-                    },
-                    "scrape_configs": [
-                        {
-                            "job_name": spec.alerting.sidecar_job,
-                            "static_configs": [{"targets": [f"127.0.0.1:{side.metrics_port}"]}],
-                        }
-                    ],
-                }
-            )
-        )
-        am = stack.enter_context(
-            ManagedProcess(
-                [
-                    alertmanager,
-                    f"--config.file={am_cfg}",
-                    f"--storage.path={tmp_path / 'am-data'}",
-                    f"--web.listen-address=127.0.0.1:{am_port}",
-                    "--cluster.listen-address=",
-                ],
-                ready_url=f"http://127.0.0.1:{am_port}/-/ready",
-                log_path=tmp_path / "alertmanager.log",
-                name="alertmanager",
-                ready_timeout_s=30,
-            )
-        )
+        am = stack.enter_context(AlertmanagerProcess(alertmanager, am_cfg, tmp_path, port=am_port))
         prom = stack.enter_context(
-            ManagedProcess(
-                [
-                    prometheus,
-                    f"--config.file={prom_cfg}",
-                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{prom_port}",
-                ],
-                ready_url=f"{prom_url}/-/ready",
-                log_path=tmp_path / "prometheus.log",
-                name="prometheus",
-                ready_timeout_s=30,
+            PrometheusProcess(
+                prometheus, tmp_path,
+                jobs={spec.alerting.sidecar_job: [f"127.0.0.1:{side.metrics_port}"]},
+                rule_files=[rules], alertmanagers=[am.address], port=prom_port,
             )
-        )
+        )  # fmt: skip
 
         def actions() -> list[dict[str, Any]]:
             return list(_json(f"{mit_url}/v1/actions", TOKEN)["actions"])

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from monitor.procs import ManagedProcess, free_ports
+from monitor.procs import AlertmanagerProcess, ManagedProcess, free_ports
 from tests.support import Metrics, require_tool
 
 MONITOR = [sys.executable, "-m", "monitor"]
@@ -304,7 +304,6 @@ def _alertmanager(tmp_path: Path, m: Mitigator) -> Iterator[Callable[[dict[str, 
     """A real Alertmanager delivering to ``m``; yields ``send(extra)`` that posts the
     alert ModelErrorRateHigh{model="m1"} (with ``extra``: startsAt, endsAt) to it."""
     alertmanager = require_tool("prometheus-alertmanager")
-    (am_port,) = free_ports(1)
     cfg = {
         "route": {"receiver": "mitigator", "group_wait": "0s", "group_interval": "1s", "repeat_interval": "1h"},  # noqa: E501
         "receivers": [{"name": "mitigator", "webhook_configs": [{
@@ -313,17 +312,12 @@ def _alertmanager(tmp_path: Path, m: Mitigator) -> Iterator[Callable[[dict[str, 
         }]}],
     }  # fmt: skip
     (tmp_path / "am.yml").write_text(yaml.safe_dump(cfg))
-    am = ManagedProcess(
-        [alertmanager, f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path / 'am'}",
-         f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="],
-        ready_url=f"http://127.0.0.1:{am_port}/-/ready", log_path=tmp_path / "am.log",
-        name="alertmanager", ready_timeout_s=30,
-    )  # fmt: skip
+    am = AlertmanagerProcess(alertmanager, tmp_path / "am.yml", tmp_path)
     alert = {"labels": {"alertname": "ModelErrorRateHigh", "model": "m1", "severity": "page"}}
 
     def send(extra: dict[str, Any]) -> None:
         req = urllib.request.Request(
-            f"http://127.0.0.1:{am_port}/api/v2/alerts", data=json.dumps([{**alert, **extra}]).encode(),  # noqa: E501
+            f"{am.url}/api/v2/alerts", data=json.dumps([{**alert, **extra}]).encode(),
             headers={"Content-Type": "application/json"}, method="POST",
         )  # fmt: skip
         urllib.request.urlopen(req, timeout=5).close()

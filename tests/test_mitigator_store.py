@@ -302,6 +302,22 @@ def test_recover(store: Store) -> None:
     assert store.recover("nobody", now=T0 + 200) == 0
 
 
+def test_release_expired_takes_back_only_expired_leases_of_any_owner(store: Store) -> None:
+    record(store, *(planned(f"j{i}", not_before=T0 + i) for i in range(1, 4)))
+    store.claim("a", 10, now=T0 + 100, limit=1)  # j1, lease until T0 + 110
+    store.claim("b", 60, now=T0 + 100, limit=1)  # j2, lease until T0 + 160
+    assert store.release_expired(now=T0 + 110) == 0  # lease_until == now: not expired
+    assert store.release_expired(now=T0 + 111) == 1
+    jobs = {j.fingerprint: j for j in store.jobs()}
+    assert {fp: (j.state, j.owner) for fp, j in jobs.items()} == {
+        "j1": ("pending", None),
+        "j2": ("running", "b"),
+        "j3": ("pending", None),
+    }
+    assert jobs["j1"].detail == "resumed: the lease of the mitigator running it expired"
+    assert [j.fingerprint for j in store.claim("c", 60, now=T0 + 112)] == ["j1", "j3"]
+
+
 def test_last_success_and_count_actions(store: Store) -> None:
     record(
         store,

@@ -319,7 +319,16 @@ class Mitigator:
         n = await asyncio.to_thread(self.store.recover, self.owner)
         if n:
             log.warning("resumed %d job(s) that were running when the mitigator stopped", n)
+        next_sweep = time.monotonic() + LEASE_SECONDS / 10
         while not self._stopping:
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + LEASE_SECONDS / 10
+                try:
+                    n = await asyncio.to_thread(self.store.release_expired)
+                    if n:
+                        log.warning("took back %d job(s) whose lease expired", n)
+                except StoreError as e:
+                    log.error("store: %s", e)
             try:
                 jobs = await asyncio.to_thread(self.store.claim, self.owner, LEASE_SECONDS)
                 self.m_up.set(1)

@@ -345,6 +345,19 @@ class Store:
         )
         return int(n)
 
+    def release_expired(self, now: float | None = None) -> int:
+        """Put back to pending the running jobs whose lease has expired, whoever owned
+        them: a replica that died mid-action while the others kept running (its jobs
+        would otherwise wait for some mitigator to start). Returns how many."""
+        now = time.time() if now is None else now
+        n, _ = self._exec(
+            "UPDATE jobs SET state = 'pending', owner = NULL, lease_until = NULL, "
+            "detail = 'resumed: the lease of the mitigator running it expired' "
+            "WHERE state = 'running' AND lease_until < ?",
+            (now,),
+        )
+        return int(n)
+
     # --- reads -------------------------------------------------------------------
 
     def jobs(self, limit: int = 100, state: str | None = None) -> list[Job]:
