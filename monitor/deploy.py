@@ -34,8 +34,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-import yaml
-
 from monitor.alertmanager import build_alertmanager_config
 from monitor.errors import MonitorError
 from monitor.rules import build_rules
@@ -263,37 +261,11 @@ def alertmanager_config(
 # --- files ----------------------------------------------------------------------------------------
 
 
-class _Dumper(yaml.SafeDumper):
-    """Block style, ``|`` for multi-line strings (PromQL), list items indented under their
-    key, no anchors: the layout of ``monitor generate``'s files."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
-        super().increase_indent(flow, False)
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    return dumper.represent_scalar(
-        "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None
-    )
-
-
-_Dumper.add_representer(str, _str)
-
-
 def _yaml(doc: Mapping[str, Any], source: str, notes: Sequence[str]) -> str:
+    from monitor.generate import yaml_body
+
     head = [f"# {GENERATED_NOTE} from {source}", *(f"# {n}" for n in notes)]
-    body = yaml.dump(
-        dict(doc),
-        Dumper=_Dumper,
-        sort_keys=False,
-        width=100,
-        default_flow_style=False,
-        allow_unicode=True,
-    )
-    return "\n".join(head) + "\n" + body
+    return "\n".join(head) + "\n" + yaml_body(doc)
 
 
 def render(root: Path) -> dict[str, str]:
