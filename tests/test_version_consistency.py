@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -74,6 +77,60 @@ def test_a_missing_weights_file_raises_oserror(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(OSError, match="holds no file"):
         weights_fingerprint(tmp_path / "empty")
+
+
+def test_a_device_or_fifo_is_refused_instead_of_read_forever(tmp_path: Path) -> None:
+    """Found by a new user: ``weights_path: /dev/zero`` hashed forever at 100 % CPU and
+    the sidecar could not stop."""
+    with pytest.raises(OSError, match="not a regular file"):
+        weights_fingerprint(Path("/dev/zero"))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        weights_fingerprint(fifo)  # opening it would block until a writer came
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "w.bin").write_bytes(b"x")
+    (d / "zero").symlink_to("/dev/zero")  # skipped: not a regular file under a directory
+    assert weights_fingerprint(d) == weights_fingerprint(_only(tmp_path, b"x"))
+
+
+def _only(tmp: Path, data: bytes) -> Path:
+    """A directory holding one file ``w.bin`` with ``data``."""
+    d = tmp / "only"
+    d.mkdir()
+    (d / "w.bin").write_bytes(data)
+    return d
+
+
+def test_setting_stop_ends_a_hash_within_one_read(tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\0" * (8 << 20))
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(OSError, match="hashing stopped"):
+        weights_fingerprint(big, stop)
+
+
+def test_a_sidecar_hashing_huge_weights_stops_at_once_on_sigterm(tmp_path: Path) -> None:
+    fault_dir = tmp_path / "fault"
+    fault_dir.mkdir()
+    big = tmp_path / "big.bin"
+    with big.open("wb") as f:  # sparse: 64 GiB that cost nothing to write
+        f.truncate(64 << 30)
+    with FaultServer(fault_dir) as fault:
+        spec = write_spec(tmp_path / "m.yaml", fault.url, weights_path=str(big))
+        side = SidecarProc(spec, "m", tmp_path)
+        side.start()
+        try:
+            time.sleep(1.0)  # the hash is under way
+            t0 = time.monotonic()
+            os.killpg(side.pid, signal.SIGTERM)
+            side._proc.wait(timeout=15)  # type: ignore[union-attr]
+            took = time.monotonic() - t0
+        finally:
+            side.stop()
+    assert took < 10, f"the sidecar took {took:.1f}s to stop while hashing"
 
 
 # --- two sidecars, a real Prometheus -------------------------------------------------------

@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -309,6 +310,7 @@ class Sidecar:
         self._fingerprint_task: asyncio.Task[None] | None = None
         self._fingerprint_again = False
         self._fingerprint_signature: Any = None
+        self._fingerprint_stop = threading.Event()
         if self.model.weights_path is not None:
             self.metrics.on_version_change = self._version_changed
         self.proxy: ProxyServer | None = None
@@ -383,6 +385,7 @@ class Sidecar:
     async def stop(self, grace_seconds: float = 5.0) -> None:
         """Stop accepting, let in-flight requests finish (``grace_seconds``), flush capture."""
         if self._fingerprint_task is not None:
+            self._fingerprint_stop.set()  # the worker thread ends its hash within 1 MiB
             self._fingerprint_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._fingerprint_task
@@ -481,7 +484,9 @@ class Sidecar:
                 signature = await loop.run_in_executor(None, weights_signature, path)
                 if signature != self._fingerprint_signature:
                     self.metrics.set_fingerprint("")
-                    digest = await loop.run_in_executor(None, weights_fingerprint, path)
+                    digest = await loop.run_in_executor(
+                        None, weights_fingerprint, path, self._fingerprint_stop
+                    )
                     self._fingerprint_signature = signature
                     self.metrics.set_fingerprint(digest)
                     log.info(

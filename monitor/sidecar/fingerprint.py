@@ -8,6 +8,9 @@ compares ``version`` and ``fingerprint`` across replicas.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
+import threading
 from pathlib import Path
 
 __all__ = ["weights_fingerprint", "weights_signature"]
@@ -15,30 +18,40 @@ __all__ = ["weights_fingerprint", "weights_signature"]
 _CHUNK = 1 << 20
 
 
-def _file_digest(path: Path) -> str:
+def _file_digest(path: Path, stop: threading.Event | None) -> str:
+    # Only a regular file has an end: /dev/zero would be read forever, and opening a FIFO
+    # blocks until some writer comes; so look before opening, and again after.
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise OSError(f"{path}: not a regular file")
     h = hashlib.sha256()
     with path.open("rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise OSError(f"{path}: not a regular file")
         while chunk := fh.read(_CHUNK):
             h.update(chunk)  # hashlib drops the GIL on large updates: the loop keeps running
+            if stop is not None and stop.is_set():
+                raise OSError(f"{path}: hashing stopped (the sidecar is shutting down)")
     return h.hexdigest()
 
 
-def weights_fingerprint(path: Path) -> str:
+def weights_fingerprint(path: Path, stop: threading.Event | None = None) -> str:
     """Hex sha256 of a weights file (the same as ``sha256sum FILE``), or of a directory:
     the sha256 of the lines ``<sha256 of the file>  <relative path>\\n`` of every regular
     file under it, sorted by path (``sha256sum`` output of ``find . -type f | sort``).
-    Symbolic links are followed. Reads the whole file: call it off the event loop.
+    Symbolic links are followed. Reads the whole file: call it off the event loop;
+    setting ``stop`` ends it within one 1 MiB read.
 
     Raises:
-        OSError: the path is missing or unreadable (the caller names the spec field).
+        OSError: the path is missing, unreadable or not a regular file or directory, or
+            ``stop`` was set (the caller names the spec field).
     """
     p = Path(path)
     if not p.is_dir():
-        return _file_digest(p)
+        return _file_digest(p, stop)
     files = sorted(f for f in p.rglob("*") if f.is_file())
     if not files:
         raise OSError(f"{p}: the directory holds no file")
-    listing = "".join(f"{_file_digest(f)}  {f.relative_to(p).as_posix()}\n" for f in files)
+    listing = "".join(f"{_file_digest(f, stop)}  {f.relative_to(p).as_posix()}\n" for f in files)
     return hashlib.sha256(listing.encode()).hexdigest()
 
 
