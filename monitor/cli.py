@@ -145,7 +145,7 @@ def generate(config: Path, out: Path, check: bool) -> None:
 
 @main.command()
 @click.option(
-    "--fast", is_flag=True, help="Shorter phases: about 90 s instead of about 4 min (for tests)."
+    "--fast", is_flag=True, help="Shorter phases: about 65 s instead of about 2 min 15 s."
 )
 @click.option(
     "--out",

@@ -290,7 +290,7 @@ class CanarySpec(_Model):
     golden: Path
     """Golden file written by ``monitor canary record`` (requests and expected outputs);
     a relative path is relative to the working directory, as every path of the spec."""
-    interval_seconds: Annotated[float, Field(gt=0)] = 30.0
+    interval_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 30.0
     """Seconds between two checks of each replica (default 30)."""
     abs_tolerance: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e-6
     """A numeric output passes when ``|actual - expected| <= abs_tolerance +
@@ -298,8 +298,15 @@ class CanarySpec(_Model):
     rel_tolerance: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e-4
     """Relative part of that rule (default 1e-4). Strings, booleans and integers (class
     outputs) must be equal."""
-    timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    timeout_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
     """Timeout of one golden request; expiry counts the check as ``error`` (default 10)."""
+
+    @field_validator("golden")
+    @classmethod
+    def _golden(cls, v: Path) -> Path:
+        if str(v) in ("", "."):
+            raise ValueError("must name the golden file (monitor canary record --out)")
+        return v
 
 
 class ModelSpec(_Model):
@@ -812,6 +819,19 @@ class MonitorSpec(_Model):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"mitigations: names must be unique; repeated: {', '.join(dup)}")
+        controlled = [m.name for m in self.models if m.control is not None]
+        for i, p in enumerate(self.mitigations):
+            for key, action in (("action", p.action), ("revert", p.revert)):
+                if action is None or action.get("type") != "sidecar":
+                    continue
+                named = action.get("model")
+                if (named is not None and named not in controlled) or not controlled:
+                    whose = f"model {named!r}" if named else "the alert's model"
+                    raise ValueError(
+                        f"mitigations[{i}].{key}: a sidecar action needs the control API of "
+                        f"{whose}: set models[].control (its token file), or the action can "
+                        "only fail"
+                    )
         self._check_drift_method_fits()
         return self
 

@@ -81,7 +81,11 @@ def test_a_burning_error_budget_pages_through_prometheus_and_alertmanager(tmp_pa
     with ExitStack() as stack:
         stack.enter_context(receiver.running())
         fault = stack.enter_context(FaultServer(tmp_path))
-        spec_path = write_spec(tmp_path / "monitor.yaml", fault.url)
+        (tmp_path / "control.token").write_text("e2e-control\n")
+        spec_path = write_spec(
+            tmp_path / "monitor.yaml", fault.url,
+            control={"token_file": str(tmp_path / "control.token")},
+        )  # fmt: skip
         data = yaml.safe_load(spec_path.read_text())
         data["slos"] = [{"name": "availability", "model": "m", "objective": 0.999}]
         data["alerting"] = {

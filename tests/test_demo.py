@@ -146,3 +146,39 @@ def test_without_prometheus_and_alertmanager_the_demo_says_how_to_get_them_and_r
     assert Path(doc["files"]["report"]).is_file()
     assert "Prometheus" not in doc["pids"] and len(doc["pids"]) == 6
     assert [n for n, p in doc["pids"].items() if pid_alive(p)] == []
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ("earlier-run", "not empty (an earlier run's state would be read back)"),
+        ("a-file", "File exists"),
+        ("under-a-file", "Not a directory"),
+    ],
+    ids=[
+        "An earlier run's directory is refused: its stores would falsify the new run.",
+        "An existing file is refused with one line.",
+        "A path under a file is refused with one line.",
+    ],
+)
+def test_a_bad_out_directory_is_one_line_and_exit_1(
+    tmp_path: Path, setup: str, expected: str
+) -> None:
+    target = {
+        "earlier-run": tmp_path / "run1",
+        "a-file": tmp_path / "f",
+        "under-a-file": tmp_path / "f" / "sub",
+    }[setup]
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "run1").mkdir()
+    (tmp_path / "run1" / "summary.json").write_text("{}")
+    res = subprocess.run(
+        [sys.executable, "-m", "monitor", "demo", "--fast", "--out", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1
+    assert res.stderr.startswith("demo failed: --out ") and expected in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert res.stdout == ""

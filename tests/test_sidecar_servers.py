@@ -34,6 +34,10 @@ def demo_spec(path: Path, upstream: str, capture_dir: Path, **overrides: Any) ->
     m["upstream"] = upstream
     m["capture"] = {"dir": str(capture_dir), "sample_rate": 1.0, "rotate_seconds": 0.5}
     m["probe_interval_seconds"] = 0.2
+    # the control API's token file: this spec's own, next to it
+    token = path.parent / "control.token"
+    token.write_text("test-control-token\n")
+    m["control"] = {"token_file": str(token), "state_file": str(path.parent / "state.json")}
     m.update(overrides)
     path.write_text(yaml.safe_dump(spec))
     return path

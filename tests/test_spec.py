@@ -254,6 +254,7 @@ def test_slos_alerting_and_mitigations_from_the_issues_load() -> None:
         "pager": {"webhook_url": "http://127.0.0.1:9/page"},
         "mitigator_url": "http://127.0.0.1:9/v1/alerts",
     }
+    data["models"][0]["control"] = {"token_file": "./control.token"}
     data["mitigations"] = [
         {
             "name": "shift-to-fallback",
@@ -382,7 +383,25 @@ def test_mitigation_actions_are_checked_when_the_spec_loads(policy: dict, expect
 def test_a_sidecar_policy_reverts_by_its_inverse_without_a_revert() -> None:
     data = base()
     shed = {"type": "sidecar", "op": "shed", "concurrency_limit": 4}
+    data["models"][0]["control"] = {"token_file": "./control.token"}
     data["mitigations"] = [
         {"name": "p", "match": {"alertname": "X"}, "revert_on_resolve": True, "action": shed}
     ]
     assert parse_spec(data).mitigations[0].revert is None
+
+
+def test_a_sidecar_action_without_any_control_api_is_refused() -> None:
+    data = base()
+    data["mitigations"] = [{"name": "p", "match": {"alertname": "X"},
+                            "action": {"type": "sidecar", "op": "route"}}]  # fmt: skip
+    with pytest.raises(SpecError) as err:
+        parse_spec(data)
+    assert err.value.problems == [
+        "mitigations[0].action: a sidecar action needs the control API of the alert's model: "
+        "set models[].control (its token file), or the action can only fail"
+    ]
+    data["models"][0]["control"] = {"token_env": "T"}
+    assert parse_spec(data).mitigations[0].action["op"] == "route"
+    data["mitigations"][0]["action"]["model"] = "nope"
+    with pytest.raises(SpecError, match="control API of model 'nope'"):
+        parse_spec(data)

@@ -214,7 +214,14 @@ def record(
             f"--inputs: {inputs} must hold a non-empty JSON list of request bodies "
             f"in the {model.protocol} protocol"
         )
+    bad = [i for i, b in enumerate(bodies) if not isinstance(b, dict | list)]
+    if bad:
+        raise CanaryError(
+            f"--inputs: {inputs}: item {bad[0]} is not a request body (a JSON object or list)"
+        )
     base = (source or model.upstream).rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise CanaryError(f"--from {source}: expected an http(s) URL, e.g. http://127.0.0.1:8080")
     adapter = make_adapter(model)
     cases: list[GoldenCase] = []
     version: str | None = None

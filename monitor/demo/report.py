@@ -84,7 +84,7 @@ def write_report(stack: Stack, result: DemoResult) -> dict[str, str]:
         fig.update_layout(shapes=shapes, annotations=notes)
         fig.update_layout(height=230 * len(qs), margin={"t": 40, "b": 30})
         fig.update_xaxes(title_text="seconds since the traffic started", row=len(qs), col=1)
-        body.append(plotly.offline.plot(fig, output_type="div", include_plotlyjs="cdn"))
+        body.append(plotly.offline.plot(fig, output_type="div", include_plotlyjs=True))
         files.update(_dashboards(stack, result, start, end))
         if "dashboards" in files:
             body.append("<p><a href='dashboards.html'>Every dashboard panel, rendered from "
@@ -121,7 +121,7 @@ def _summary_table(result: DemoResult) -> str:
         d = inc.to_dict()
         rows.append(
             "<tr>" + "".join(
-                f"<td>{html.escape(str(v))}</td>" for v in (
+                f"<td>{html.escape('-' if v is None else str(v))}</td>" for v in (
                     inc.name, d["time_to_detect_seconds"], inc.detected_by,
                     d["time_to_mitigate_seconds"], inc.mitigated_by,
                     d["time_to_resolve_seconds"], d["time_to_revert_seconds"],

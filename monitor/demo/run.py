@@ -155,8 +155,7 @@ def run_demo(out_dir: Path | None = None, *, fast: bool = False) -> DemoResult:
     from monitor.generate import generate
 
     pace = FAST if fast else FULL
-    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="monitor-demo-"))
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(out_dir)
     result = DemoResult(out=out.resolve())
     t_start = _T0[0] = time.monotonic()
     base_spec = repo_root() / "deploy" / "monitor.yaml"
@@ -194,17 +193,42 @@ def run_demo(out_dir: Path | None = None, *, fast: bool = False) -> DemoResult:
     try:
         _say("      " + ", ".join(f"{n} (pid {p})" for n, p in result.pids.items()))
         _run_phases(stack, data, pace, result)
-        _say("[5/6] summary")
         _collect(stack, result)
         _reports(stack, result)
     finally:
-        _say("[6/6] stopping every process the demo started")
+        _say("[5/6] stopping every process the demo started")
         stack.stop()
         signal.signal(signal.SIGTERM, previous)
+    summary = out / "summary.json"
+    summary.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    result.files["summary"] = str(summary)
+    _say("[6/6] summary")
     _print_summary(result)
-    (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
     _say(f"done in {time.monotonic() - t_start:.0f} s; everything is in {out}")
     return result
+
+
+def _out_dir(out_dir: Path | None) -> Path:
+    """A new temp directory, or ``out_dir`` created if needed; it must be empty: the
+    files of an earlier run (its mitigator store, the sidecar's control state, the
+    Prometheus data) would be read back and falsify this one.
+
+    Raises:
+        MonitorError: ``out_dir`` is not an empty directory, or cannot be created.
+    """
+    if out_dir is None:
+        return Path(tempfile.mkdtemp(prefix="monitor-demo-"))
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if any(out.iterdir()):
+            raise MonitorError(
+                f"--out {out}: not empty (an earlier run's state would be read back); "
+                "give a new directory, or leave --out out for a temp one"
+            )
+    except OSError as exc:
+        raise MonitorError(f"--out {out}: {exc.strerror or exc}") from None
+    return out
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -237,9 +261,19 @@ def _run_phases(stack: st.Stack, data: Any, pace: Pace, result: DemoResult) -> N
     result.incidents.append(Incident("primary model server hangs", 0.0))
     drift, fault = result.incidents
 
+    last = {"t": time.monotonic(), "ok": 0, "error": 0}
+
     def tick(phase: str) -> Tick:
         traffic.write_labels(labels_path)
         row = sample(prom, qs, Tick(t=time.monotonic() - t0, phase=phase))
+        if prom is None:  # the client's own counts: better than a row of dashes
+            now = time.monotonic()
+            ok = sum(n["ok"] for n in traffic.counts.values())
+            err = sum(n["error"] for n in traffic.counts.values())
+            sent = ok - last["ok"] + err - last["error"]
+            row.rps = sent / max(1e-9, now - last["t"])
+            row.error_ratio = (err - last["error"]) / sent if sent else None
+            last.update(t=now, ok=ok, error=err)
         actions = _mitigator_actions(stack)
         row.mitigations = sum(1 for a in actions if a["outcome"] == c.MITIGATION_SUCCESS)
         result.ticks.append(row)
@@ -271,15 +305,16 @@ def _run_phases(stack: st.Stack, data: Any, pace: Pace, result: DemoResult) -> N
             for a in _mitigator_actions(stack)
         )
 
+    source = "from Prometheus" if prom else "from the client: no Prometheus, no alerts"
     _say(f"[4/6] traffic through the sidecar at about {pace.rate:.0f} requests/s, in phases "
-         "(timeline from Prometheus)")  # fmt: skip
+         f"(timeline {source})")  # fmt: skip
     _say("      " + HEADER)
     traffic.start()
     try:
         phase("healthy", pace.healthy, pace.healthy)
         drift.started = time.time()
         phase(
-            "shift", 0, pace.shift_max if prom else pace.healthy,
+            "shift", 0 if prom else pace.healthy, pace.shift_max if prom else pace.healthy,
             (lambda row: any(a.startswith(c.ALERT_DATASET_DRIFT_DETECTED) for a in row.alerts))
             if prom else None,
         )  # fmt: skip
@@ -291,10 +326,11 @@ def _run_phases(stack: st.Stack, data: Any, pace: Pace, result: DemoResult) -> N
         report.start()
         fault.started = time.time()
         stack.freeze_primary()
-        phase("fault", 0, pace.fault_max if prom else pace.healthy,
+        phase("fault", 0 if prom else pace.healthy, pace.fault_max if prom else pace.healthy,
               (lambda row: actions_done("apply")) if prom else None)  # fmt: skip
         stack.thaw_primary()
-        phase("recovery", 0, pace.recovery_max if prom else pace.healthy,
+        phase("recovery", 0 if prom else pace.healthy,
+              pace.recovery_max if prom else pace.healthy,
               (lambda row: actions_done("revert")) if prom else None)  # fmt: skip
         report.join(60)
     finally:
@@ -450,6 +486,9 @@ def main(out_dir: Path | None, fast: bool) -> int:
     except MonitorError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("demo interrupted; every process it started is stopped", file=sys.stderr)
+        return 130
     return 0
 
 
