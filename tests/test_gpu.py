@@ -562,3 +562,23 @@ def test_no_thread_is_left_hanging_after_release(collectors: Any) -> None:
     fake.release()
     wait_for(lambda: not any(t.name == "nvml-0" and t.is_alive() for t in threading.enumerate()))
     assert reg.get_sample_value(c.GPU_UP, H100) == 1
+
+
+def test_the_exporter_listens_on_ipv6_loopback() -> None:
+    """``--listen [::1]:PORT`` as the sidecar takes it (found by a new user's trial)."""
+    import socket
+
+    from monitor.gpu.exporter import GpuExporter
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    fake = FakeNvml([])
+    fake.init_error = 12  # NVML_ERROR_LIBRARY_NOT_FOUND: no driver
+    exporter = GpuExporter(("::1", 0), nvml=fake)
+    exporter.start()
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{exporter.port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    finally:
+        exporter.stop()
+    assert f'{c.GPU_UP}{{reason="{c.GPU_REASON_NO_DRIVER}"}} 0.0' in text

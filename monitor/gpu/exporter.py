@@ -14,6 +14,7 @@ where one exporter per node is wanted (a DaemonSet), and turn the sidecar's off.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -29,6 +30,10 @@ from monitor.gpu.nvml import GpuCollector
 __all__ = ["GpuExporter"]
 
 log = logging.getLogger("monitor.gpu")
+
+
+class _HTTPServer6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 class GpuExporter:
@@ -58,8 +63,10 @@ class GpuExporter:
         self.registry = registry
         self.collector = GpuCollector(nvml=nvml, timeout=timeout, registry=registry)
         handler = type("_Handler", (_Handler,), {"registry": registry})
+        # ThreadingHTTPServer is IPv4 unless told otherwise: "[::1]:9835" needs AF_INET6.
+        server_class = _HTTPServer6 if ":" in listen[0] else ThreadingHTTPServer
         try:
-            self.server = ThreadingHTTPServer(listen, handler)
+            self.server = server_class(listen, handler)
         except OSError as exc:
             self.collector.close()
             raise MonitorError(f"--listen {listen[0]}:{listen[1]}: {exc.strerror or exc}") from None
