@@ -878,16 +878,22 @@ class _Builder:
         lookback = _duration(max(_DAY / self.scale, 2 * stale_after))
         last_success = _sel(c.DRIFT_LAST_SUCCESS_TIMESTAMP_SECONDS, lm)
         failures = _sel(c.DRIFT_RUNS_TOTAL, {m: model.name, c.LABEL_RESULT: c.DRIFT_RESULT_FAILURE})
+        # A run without a verdict (too few rows: a quiet hour) exports no verdict, and its
+        # series goes stale; the last verdict holds for two schedules, so one quiet run
+        # neither resolves a firing drift alert nor restarts its for:. Real time, like for:.
+        hold = _duration(2 * drift.schedule_seconds)
+        dataset = f"last_over_time({_sel(c.DATASET_DRIFT_DETECTED, lm)}[{hold}])"
+        feature = f"last_over_time({_sel(c.DRIFT_DETECTED, lm)}[{hold}])"
         return [
             self.alert(
                 c.ALERT_DATASET_DRIFT_DETECTED,
-                f"max by ({m}) ({_sel(c.DATASET_DRIFT_DETECTED, lm)}) == 1",
+                f"max by ({m}) ({dataset}) == 1",
                 lm,
                 drift_share=_pct(drift.drift_share),
             ),
             self.alert(
                 c.ALERT_FEATURE_DRIFT,
-                f"max by ({m}, {c.LABEL_FEATURE}) ({_sel(c.DRIFT_DETECTED, lm)}) == 1",
+                f"max by ({m}, {c.LABEL_FEATURE}) ({feature}) == 1",
                 lm,
             ),
             self.alert(
@@ -1890,6 +1896,22 @@ class _Tests:
             self.add(
                 f"{alert} {name}: drift in every run for {at} minutes fires.",
                 [_series(metric_name, {**dt, **labels}, _gauge(lambda m: 1, at))],
+                alert=alert,
+                at=at,
+                expect=[self.expect(rule, labels)],
+            )
+            gap = 2  # minute the verdict goes stale, then absent for one schedule
+            quiet = _minutes(self.spec.drift.schedule_seconds)
+
+            def with_quiet_run(m: int, gap: int = gap, quiet: int = quiet) -> _Point:
+                if m == gap:
+                    return "stale"
+                return None if gap < m < gap + quiet else 1
+
+            self.add(
+                f"{alert} {name}: one run without a verdict (too few rows) in {at} minutes of "
+                "drift neither resolves it nor restarts its for:.",
+                [_series(metric_name, {**dt, **labels}, _gauge(with_quiet_run, at))],
                 alert=alert,
                 at=at,
                 expect=[self.expect(rule, labels)],
