@@ -14,20 +14,12 @@ from pathlib import Path
 import click
 
 from monitor import __version__
+from monitor.cliutil import fail
 from monitor.conventions import DEFAULT_METRICS_LISTEN, DEFAULT_SIDECAR_LISTEN
-from monitor.errors import MonitorError, SpecError
+from monitor.errors import MonitorError
 from monitor.spec import load_spec
 
 __all__ = ["main"]
-
-
-def _fail(exc: MonitorError) -> None:
-    if isinstance(exc, SpecError):
-        for problem in exc.problems:
-            click.echo(f"{exc.source}: {problem}" if exc.source else problem, err=True)
-    else:
-        click.echo(f"error: {exc}", err=True)
-    sys.exit(1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,8 +45,7 @@ def validate(file: Path) -> None:
     try:
         spec = load_spec(file)
     except MonitorError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     n = sum(len(m.features) for m in spec.models)
     click.echo(f"{file}: valid ({len(spec.models)} model(s), {n} feature(s))")
 
@@ -86,7 +77,7 @@ def sidecar(config: Path, model: str, listen: str, metrics_listen: str) -> None:
         spec.model(model)
         run_sidecar(spec, model, parse_listen(listen), parse_listen(metrics_listen))
     except MonitorError as exc:
-        _fail(exc)
+        fail(exc)
     except OSError as exc:  # e.g. address in use
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -126,8 +117,7 @@ def generate(config: Path, out: Path, check: bool) -> None:
             return
         result = gen.check(config, out)
     except MonitorError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     if result.ok:
         click.echo(f"{len(result.checked)} file(s) under {out} up to date")
         return
@@ -260,8 +250,7 @@ def drift_run(
             if pushgateway:
                 push(pushgateway, model, collector)
     except MonitorError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     except OSError as exc:  # --out not writable, not a directory, ...
         click.echo(f"error: cannot write the report to {out}: {exc.strerror or exc}", err=True)
         sys.exit(1)
@@ -301,7 +290,7 @@ def drift_serve(config: Path, metrics_listen: str, html: bool) -> None:
         spec = load_spec(config)
         serve(spec, listen=parse_listen(metrics_listen), stop=stop, html=html)
     except MonitorError as exc:
-        _fail(exc)
+        fail(exc)
     except OSError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -321,7 +310,7 @@ def mitigator(config: Path, listen: str | None) -> None:
         spec = load_spec(config)
         run_mitigator(spec, parse_listen(listen or spec.mitigator.listen))
     except MonitorError as exc:
-        _fail(exc)
+        fail(exc)
     except OSError as exc:
         click.echo(
             f"error: cannot listen on {listen or spec.mitigator.listen}: {exc.strerror or exc}",

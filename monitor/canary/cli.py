@@ -8,17 +8,7 @@ from pathlib import Path
 import click
 
 from monitor import conventions as c
-
-
-def _fail(exc: Exception) -> None:
-    from monitor.errors import SpecError
-
-    if isinstance(exc, SpecError):
-        for problem in exc.problems:
-            click.echo(f"{exc.source}: {problem}" if exc.source else problem, err=True)
-    else:
-        click.echo(f"error: {exc}", err=True)
-    sys.exit(1)
+from monitor.cliutil import fail
 
 
 @click.group("canary")
@@ -57,8 +47,7 @@ def record(
         m = load_spec(config).model(model)
         golden = record_golden(m, inputs, out, source=source, timeout=timeout)
     except MonitorError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     click.echo(
         f"wrote {out}: {len(golden.cases)} case(s) of model {m.name} "
         f"(version {golden.version or 'unknown'}) from {golden.recorded_from}"
@@ -94,8 +83,7 @@ def run(config: Path, metrics_listen: str) -> None:
         found = targets(load_spec(config))
         host, port = parse_listen(metrics_listen)
     except MonitorError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     metrics = CanaryMetrics(registry)
