@@ -262,6 +262,7 @@ def _run_phases(stack: st.Stack, data: Any, pace: Pace, result: DemoResult) -> N
     drift, fault = result.incidents
 
     last = {"t": time.monotonic(), "ok": 0, "error": 0}
+    latest: list[dict[str, Any]] = []  # the mitigator's audit log, read once per tick
 
     def tick(phase: str) -> Tick:
         traffic.write_labels(labels_path)
@@ -274,8 +275,8 @@ def _run_phases(stack: st.Stack, data: Any, pace: Pace, result: DemoResult) -> N
             row.rps = sent / max(1e-9, now - last["t"])
             row.error_ratio = (err - last["error"]) / sent if sent else None
             last.update(t=now, ok=ok, error=err)
-        actions = _mitigator_actions(stack)
-        row.mitigations = sum(1 for a in actions if a["outcome"] == c.MITIGATION_SUCCESS)
+        latest[:] = _mitigator_actions(stack)
+        row.mitigations = sum(1 for a in latest if a["outcome"] == c.MITIGATION_SUCCESS)
         result.ticks.append(row)
         _say("      " + render(row))
         return row
@@ -300,9 +301,10 @@ def _run_phases(stack: st.Stack, data: Any, pace: Pace, result: DemoResult) -> N
         result.phases[name] = (begin, time.time())
 
     def actions_done(kind: str) -> bool:
+        """Whether a ``kind`` job succeeded, in the audit log read by this tick."""
         return any(
             a["kind"] == kind and a["state"] == "done" and a["outcome"] == c.MITIGATION_SUCCESS
-            for a in _mitigator_actions(stack)
+            for a in latest
         )
 
     source = "from Prometheus" if prom else "from the client: no Prometheus, no alerts"
@@ -426,11 +428,11 @@ def _collect(stack: st.Stack, result: DemoResult) -> None:
 def _drift_report(stack: st.Stack, result: DemoResult, shift: tuple[float, float]) -> None:
     """``monitor drift run`` over the shifted window, with evidently's HTML report."""
     from monitor.drift.job import RunOptions, run_once
-    from monitor.spec import load_spec
 
+    assert stack.spec is not None
     try:
         run_once(
-            load_spec(stack.spec_path),
+            stack.spec,
             stack.data.primary.name,
             RunOptions(out=stack.out / "drift-report", since=shift[1] - shift[0], now=shift[1]),
         )

@@ -32,6 +32,7 @@ from monitor.demo.data import DemoData
 from monitor.errors import MonitorError
 from monitor.modelserver import MLServerProcess
 from monitor.procs import AlertmanagerProcess, ManagedProcess, PrometheusProcess, free_ports
+from monitor.spec import MonitorSpec
 
 TIME_SCALE = 60.0
 """Rule windows, ``for:`` and Alertmanager intervals divided by this: the fast page's
@@ -139,6 +140,7 @@ class Stack:
     receiver: Receiver = field(default_factory=Receiver)
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     spec_path: Path = Path()
+    spec: MonitorSpec | None = None
     sidecar_url: str = ""
     admin_url: str = ""
     prometheus_url: str = ""
@@ -403,7 +405,7 @@ class Stack:
         }
         path = run / "monitor.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        spec = load_spec(path)
+        spec = self.spec = load_spec(path)
         note = (f"monitor demo: windows divided by {self.time_scale:g}",)
         (run / "rules.pending.yml").write_text(
             to_yaml(build_rules(spec, time_scale=self.time_scale), "monitor demo", note)
@@ -415,9 +417,8 @@ class Stack:
         return path
 
     def _scrape_jobs(self, ports: dict[str, int]) -> dict[str, list[str]]:
-        from monitor.spec import load_spec
-
-        spec = load_spec(self.spec_path)
+        spec = self.spec
+        assert spec is not None  # written by _write_spec
         jobs = {
             spec.alerting.sidecar_job: [f"127.0.0.1:{ports['admin']}"],
             spec.alerting.drift_job: [f"127.0.0.1:{ports['drift']}"],
