@@ -10,7 +10,7 @@ import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.procs import ManagedProcess, free_ports
+from monitor.procs import AlertmanagerProcess, ManagedProcess, PrometheusProcess, free_ports
+from monitor.spec import MonitorSpec
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -201,3 +202,37 @@ def v2_input(row: Any, name: str = "input-0") -> Any:
     inp = _NULLABLE(name, list(row.shape), "FP64")
     inp.set_data_from_numpy(row, binary_data=False)
     return inp
+
+
+def alerting_stack(
+    stack: ExitStack,
+    spec: MonitorSpec,
+    sidecar: SidecarProc,
+    tmp: Path,
+    *,
+    time_scale: float,
+    prom_port: int | None = None,
+    am_port: int | None = None,
+) -> tuple[PrometheusProcess, AlertmanagerProcess]:
+    """The generated rules and Alertmanager config of ``spec`` (every window divided by
+    ``time_scale``), a real Alertmanager, and a real Prometheus (1 s scrapes) scraping
+    ``sidecar`` and alerting to it; both stopped by ``stack``."""
+    from monitor.alertmanager import build_alertmanager_config
+    from monitor.generate import to_yaml
+    from monitor.rules import build_rules
+
+    rules = tmp / "rules.yml"
+    rules.write_text(to_yaml(build_rules(spec, time_scale=time_scale), "test"))
+    am_cfg = tmp / "alertmanager.yml"
+    am_cfg.write_text(to_yaml(build_alertmanager_config(spec, time_scale=time_scale), "test"))
+    am = stack.enter_context(
+        AlertmanagerProcess(require_tool("prometheus-alertmanager"), am_cfg, tmp, port=am_port)
+    )
+    prom = stack.enter_context(
+        PrometheusProcess(
+            require_tool("prometheus"), tmp,
+            jobs={spec.alerting.sidecar_job: [f"127.0.0.1:{sidecar.metrics_port}"]},
+            rule_files=[rules], alertmanagers=[am.address], port=prom_port,
+        )
+    )  # fmt: skip
+    return prom, am

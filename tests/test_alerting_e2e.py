@@ -19,12 +19,16 @@ import pytest
 import yaml
 
 from monitor import conventions as c
-from monitor.alertmanager import build_alertmanager_config
-from monitor.generate import to_yaml
-from monitor.procs import AlertmanagerProcess, PrometheusProcess, free_ports
-from monitor.rules import build_rules
+from monitor.procs import free_ports
 from monitor.spec import load_spec
-from tests.support import FaultServer, Receiver, SidecarProc, require_tool, write_spec
+from tests.support import (
+    FaultServer,
+    Receiver,
+    SidecarProc,
+    alerting_stack,
+    require_tool,
+    write_spec,
+)
 
 TIME_SCALE = 60.0
 """1 h becomes 1 min: the fast page's windows (1 h and 5 m) become 60 s and 5 s, which
@@ -70,8 +74,8 @@ def _traffic(url: str, stop: threading.Event) -> None:
 
 @pytest.mark.timeout(150)
 def test_a_burning_error_budget_pages_through_prometheus_and_alertmanager(tmp_path: Path) -> None:
-    prometheus = require_tool("prometheus")
-    alertmanager = require_tool("prometheus-alertmanager")
+    require_tool("prometheus")  # skip or fail before starting anything
+    require_tool("prometheus-alertmanager")
     t0 = time.monotonic()
     receiver = Receiver()
     token_file = tmp_path / "mitigator.token"
@@ -105,17 +109,9 @@ def test_a_burning_error_budget_pages_through_prometheus_and_alertmanager(tmp_pa
         spec = load_spec(spec_path)
         sidecar = stack.enter_context(SidecarProc(spec_path, "m", tmp_path))
 
-        rules = tmp_path / "rules.yml"
-        rules.write_text(to_yaml(build_rules(spec, time_scale=TIME_SCALE), "e2e"))
-        am_cfg = tmp_path / "alertmanager.yml"
-        am_cfg.write_text(to_yaml(build_alertmanager_config(spec, time_scale=TIME_SCALE), "e2e"))
-        am = stack.enter_context(AlertmanagerProcess(alertmanager, am_cfg, tmp_path, port=am_port))
-        prom = stack.enter_context(
-            PrometheusProcess(
-                prometheus, tmp_path,
-                jobs={spec.alerting.sidecar_job: [f"127.0.0.1:{sidecar.metrics_port}"]},
-                rule_files=[rules], alertmanagers=[am.address], port=prom_port,
-            )
+        prom, am = alerting_stack(
+            stack, spec, sidecar, tmp_path, time_scale=TIME_SCALE, prom_port=prom_port,
+            am_port=am_port,
         )  # fmt: skip
 
         started = time.monotonic()

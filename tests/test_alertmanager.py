@@ -23,7 +23,7 @@ from monitor.alertmanager import (
     format_duration,
 )
 from monitor.generate import to_yaml
-from monitor.procs import ManagedProcess, free_ports
+from monitor.procs import AlertmanagerProcess
 from monitor.spec import MonitorSpec, parse_spec
 from tests.support import require_tool
 
@@ -269,20 +269,7 @@ def _api(url: str, body: Any = None) -> Any:
 def test_a_real_alertmanager_inhibits_as_configured(tmp_path: Path) -> None:
     binary = require_tool("prometheus-alertmanager")
     cfg = write_config(tmp_path, make_spec(tmp_path, receivers=False))
-    (port,) = free_ports(1)
-    am = ManagedProcess(
-        [
-            binary,
-            f"--config.file={cfg}",
-            f"--storage.path={tmp_path / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        ready_url=f"http://127.0.0.1:{port}/-/ready",
-        log_path=tmp_path / "alertmanager.log",
-        name="alertmanager",
-        ready_timeout_s=30,
-    )
+    am = AlertmanagerProcess(binary, cfg, tmp_path)
 
     burn = {"alertname": c.ALERT_ERROR_BUDGET_BURN, "slo": "availability"}
     page, ticket = c.SEVERITY_PAGE, c.SEVERITY_TICKET
@@ -336,7 +323,7 @@ def test_a_real_alertmanager_inhibits_as_configured(tmp_path: Path) -> None:
     }
     expected = {name: state for name, (_, state) in cases.items()}
     with am:
-        base = f"http://127.0.0.1:{port}/api/v2/alerts"
+        base = f"{am.url}/api/v2/alerts"
         _api(base, [{"labels": labels} for labels, _ in cases.values()])
         names = {json.dumps(labels, sort_keys=True): n for n, (labels, _) in cases.items()}
         deadline = time.monotonic() + 15

@@ -25,12 +25,17 @@ import pytest
 import yaml
 
 from monitor import conventions as c
-from monitor.alertmanager import build_alertmanager_config
-from monitor.generate import to_yaml
-from monitor.procs import AlertmanagerProcess, ManagedProcess, PrometheusProcess, free_ports
-from monitor.rules import build_rules
+from monitor.procs import ManagedProcess, free_ports
 from monitor.spec import load_spec
-from tests.support import MONITOR, FaultServer, Receiver, SidecarProc, require_tool, write_spec
+from tests.support import (
+    MONITOR,
+    FaultServer,
+    Receiver,
+    SidecarProc,
+    alerting_stack,
+    require_tool,
+    write_spec,
+)
 
 TIME_SCALE = 60.0
 """1 h becomes 1 min: the fast page's windows (1 h, 5 m) become 60 s and 5 s, the slow
@@ -84,8 +89,8 @@ def _wait(what: str, probe: Callable[[], T | None], timeout: float, why: Callabl
 def test_an_error_burst_is_mitigated_by_shifting_to_the_fallback_and_reverted_on_resolve(
     tmp_path: Path,
 ) -> None:
-    prometheus = require_tool("prometheus")
-    alertmanager = require_tool("prometheus-alertmanager")
+    require_tool("prometheus")  # skip or fail before starting anything
+    require_tool("prometheus-alertmanager")
     prom_port, am_port, mit_port = free_ports(3)
     prom_url = f"http://127.0.0.1:{prom_port}"
     mit_url = f"http://127.0.0.1:{mit_port}"
@@ -148,17 +153,9 @@ def test_an_error_burst_is_mitigated_by_shifting_to_the_fallback_and_reverted_on
                 ready_timeout_s=30,
             )
         )
-        rules = tmp_path / "rules.yml"
-        rules.write_text(to_yaml(build_rules(spec, time_scale=TIME_SCALE), "e2e"))
-        am_cfg = tmp_path / "alertmanager.yml"
-        am_cfg.write_text(to_yaml(build_alertmanager_config(spec, time_scale=TIME_SCALE), "e2e"))
-        am = stack.enter_context(AlertmanagerProcess(alertmanager, am_cfg, tmp_path, port=am_port))
-        prom = stack.enter_context(
-            PrometheusProcess(
-                prometheus, tmp_path,
-                jobs={spec.alerting.sidecar_job: [f"127.0.0.1:{side.metrics_port}"]},
-                rule_files=[rules], alertmanagers=[am.address], port=prom_port,
-            )
+        prom, am = alerting_stack(
+            stack, spec, side, tmp_path, time_scale=TIME_SCALE, prom_port=prom_port,
+            am_port=am_port,
         )  # fmt: skip
 
         def actions() -> list[dict[str, Any]]:

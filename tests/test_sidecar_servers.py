@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from monitor.capture import read_capture
 from monitor.modelserver import MLflowServerProcess, MLServerProcess, TrainedModel
-from monitor.procs import ManagedProcess, free_ports
+from monitor.procs import PrometheusProcess
 from tests.support import ROOT, SidecarProc, require_tool, sidecar, v2_input
 
 pytestmark = pytest.mark.timeout(180)
@@ -237,39 +237,17 @@ def test_c13_mlflow_malformed_json_keeps_mlflows_own_status(
 def test_a_real_prometheus_scrapes_the_sidecar_and_answers_red_queries(
     bc_sidecar: SidecarProc, trained_model: TrainedModel, tmp_path: Path
 ) -> None:
-    binary = require_tool("prometheus")
-    (port,) = free_ports(1)
-    cfg = tmp_path / "prometheus.yml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "scrape_configs": [
-                    {
-                        "job_name": "model-sidecar",
-                        "static_configs": [{"targets": [f"127.0.0.1:{bc_sidecar.metrics_port}"]}],
-                    }
-                ],
-            }
-        )
-    )
-    prom = ManagedProcess(
-        [
-            binary,
-            f"--config.file={cfg}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        ready_url=f"http://127.0.0.1:{port}/-/ready",
-        log_path=tmp_path / "prometheus.log",
-        name="prometheus",
+    prom = PrometheusProcess(
+        require_tool("prometheus"),
+        tmp_path,
+        jobs={"model-sidecar": [f"127.0.0.1:{bc_sidecar.metrics_port}"]},
     )
     client = triton.InferenceServerClient(url=f"127.0.0.1:{bc_sidecar.port}")
     with prom:
         x = np.asarray(trained_model.x_test[:50], dtype=np.float64)
 
         def query(q: str) -> list[dict[str, Any]]:
-            url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": q})
+            url = f"{prom.url}/api/v1/query?" + urllib.parse.urlencode({"query": q})
             with urllib.request.urlopen(url, timeout=10) as r:
                 return json.loads(r.read())["data"]["result"]
 
