@@ -453,6 +453,10 @@ _SPEC_FOR: dict[str, Callable[[MonitorSpec], float]] = {
     _DRIFT_FOR: lambda spec: 3 * spec.drift.schedule_seconds,
     _SKEW_FOR: lambda spec: spec.alerting.version_skew_minutes * 60,
 }
+_REAL_TIME_FOR: frozenset[str] = frozenset({_DRIFT_FOR})
+"""``for:`` durations that ``time_scale`` leaves alone: the drift job runs on its real
+schedule whatever the rules' scale, so "every run for 3 schedules" must not shrink below
+one run (150 ms at time_scale=60 fired on any single chance verdict)."""
 
 
 def _for_seconds(a: AlertDef, spec: MonitorSpec) -> float:
@@ -589,11 +593,8 @@ class _Builder:
         **params: Any,
     ) -> dict[str, Any]:
         a = alert_def(name, severity)
-        # The drift job runs on its real schedule whatever time_scale says: its "every
-        # run for 3 schedules" must not shrink below one run (150 ms at time_scale=60
-        # fired on any single chance verdict).
         seconds = _for_seconds(a, self.spec)
-        for_ = _duration(seconds) if a.for_ == _DRIFT_FOR else self.d(seconds)
+        for_ = _duration(seconds) if a.for_ in _REAL_TIME_FOR else self.d(seconds)
         fill = {k: str(v) for k, v in params.items()} | {"for": for_}
         return {
             "alert": a.name,
