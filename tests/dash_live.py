@@ -41,7 +41,7 @@ from monitor.generate import to_yaml
 from monitor.procs import ManagedProcess, PrometheusProcess, free_ports
 from monitor.rules import build_rules
 from monitor.spec import MonitorSpec, load_spec
-from tests.support import HERE, MONITOR, FaultServer, SidecarProc, require_tool
+from tests.support import HERE, MONITOR, FaultServer, SidecarProc, post, require_tool
 
 TIME_SCALE = 60.0
 """Rule windows divided by 60 (1 h -> 1 min), as in tests/test_alerting_e2e.py."""
@@ -155,17 +155,6 @@ def write_spec(d: Path, upstream: str, mitigator_port: int) -> Path:
 # --- traffic -------------------------------------------------------------------------------
 
 
-def _post(url: str, body: bytes, headers: dict[str, str]) -> None:
-    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with _OPENER.open(req, timeout=5) as resp:
-            resp.read()
-    except urllib.error.HTTPError as exc:
-        exc.close()
-    except OSError:
-        pass
-
-
 def traffic(sidecar_url: str, stop: threading.Event, counter: list[int]) -> None:
     """About 40 requests a second until ``stop``; ``counter[0]`` counts them."""
     i = 0
@@ -183,7 +172,7 @@ def traffic(sidecar_url: str, stop: threading.Event, counter: list[int]) -> None
         if i % 20 == 7:
             body = b"{not json"
         query = "?status=500" if i % 2 else ""
-        _post(
+        post(
             f"{sidecar_url}/v2/models/{MODEL}/infer{query}",
             body,
             {"Content-Type": "application/json", "X-Request-Id": f"r{i}"},
@@ -370,7 +359,7 @@ def live_stack(d: Path) -> Iterator[Live]:
         # creates its counter series while Prometheus watches (see action_events).
         live.wait_for_targets(jobs, timeout_s=30)
         for fingerprint in ("d45b0a1e00000001", "d45b0a1e00000001"):  # the second: a duplicate
-            _post(
+            post(
                 f"http://127.0.0.1:{mitigator_port}/v1/alerts",
                 json.dumps(page(side.metrics_port, fingerprint=fingerprint)).encode(),
                 {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},

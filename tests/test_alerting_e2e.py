@@ -26,6 +26,7 @@ from tests.support import (
     Receiver,
     SidecarProc,
     alerting_stack,
+    post,
     require_tool,
     write_spec,
 )
@@ -56,18 +57,7 @@ def _traffic(url: str, stop: threading.Event) -> None:
     i = 0
     while not stop.is_set():
         query = "?status=500" if i % 2 else ""
-        req = urllib.request.Request(
-            f"{url}/v2/models/m/infer{query}",
-            data=body,
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with _OPENER.open(req, timeout=5) as resp:
-                resp.read()
-        except urllib.error.HTTPError as exc:
-            exc.close()
-        except OSError:
-            pass
+        post(f"{url}/v2/models/m/infer{query}", body)
         i += 1
         stop.wait(0.025)
 

@@ -33,6 +33,7 @@ from tests.support import (
     Receiver,
     SidecarProc,
     alerting_stack,
+    post,
     require_tool,
     write_spec,
 )
@@ -58,18 +59,8 @@ def _traffic(url: str, stop: threading.Event, counts: dict[str, int]) -> None:
         {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [1.0, 2.0]}]}
     ).encode()
     while not stop.is_set():
-        req = urllib.request.Request(
-            f"{url}/v2/models/m/infer", data=body, headers={"Content-Type": "application/json"}
-        )
-        try:
-            with _OPENER.open(req, timeout=5) as resp:
-                resp.read()
-            counts["ok"] += 1
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            counts["error"] += 1
-        except OSError:
-            counts["error"] += 1
+        ok = post(f"{url}/v2/models/m/infer", body) == 200
+        counts["ok" if ok else "error"] += 1
         stop.wait(0.025)
 
 
