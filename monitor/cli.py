@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from monitor import __version__
-from monitor.cliutil import fail
+from monitor.cliutil import fail, setup_logging
 from monitor.conventions import DEFAULT_METRICS_LISTEN, DEFAULT_SIDECAR_LISTEN
 from monitor.errors import MonitorError
 from monitor.spec import load_spec
@@ -32,10 +32,7 @@ __all__ = ["main"]
 )
 def main(log_level: str) -> None:
     """Observability, drift monitoring and auto-mitigation for ML model serving."""
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(log_level)
 
 
 @main.command()

@@ -294,6 +294,17 @@ def test_serve_exports_and_keeps_last_good_values_when_a_run_fails(tmp_path: Pat
         assert m.get("mlmon_drift_score", model="m", feature="x0", method="wasserstein") > 0.5
         assert m.get("mlmon_drift_reference_info", model="m") == 1
         assert (tmp_path / "reports" / "m" / "drift.json").is_file()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/healthy", timeout=5) as resp:
+            assert resp.status == 200  # a liveness probe for the drift job's pod
+        second = subprocess.run(
+            [*MONITOR, "drift", "serve", "--config", str(spec_path),
+             "--metrics-listen", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 1
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"error: --metrics-listen 127.0.0.1:{port}: Address already in use"
+        )
         (tmp_path / "baseline.parquet").unlink()  # the next runs fail
         m = wait_for(lambda m: m.get("mlmon_drift_runs_total", model="m", result="failure") >= 1)
         assert m.get("mlmon_drift_detected", model="m", feature="x0") == 1  # last good value kept

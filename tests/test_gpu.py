@@ -501,6 +501,28 @@ def test_monitor_gpu_exporter_without_a_driver_serves_no_driver(tmp_path: Path) 
     assert m.series(c.GPU_UP) == [{c.LABEL_REASON: c.GPU_REASON_NO_DRIVER}]
 
 
+def test_a_client_resetting_its_connection_leaves_no_traceback_in_the_log(tmp_path: Path) -> None:
+    """socketserver prints a traceback for a reset connection; the exporter logs it at
+    DEBUG and goes on serving."""
+    import socket
+    import struct
+
+    with _Exporter([*MONITOR, "gpu-exporter"], tmp_path) as exp:
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", exp.port), timeout=5)
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x")  # half a request head
+            time.sleep(0.1)
+            # SO_LINGER 0: close() sends RST, not FIN; the server's read fails with
+            # ECONNRESET
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        m = exp.scrape()  # still serving
+        assert m.series(c.GPU_UP)
+        time.sleep(0.2)
+        log = exp.log_path.read_text()
+    assert "Traceback" not in log and "ConnectionResetError" not in log, log
+
+
 def test_gpu_exporter_refuses_a_bad_listen_address(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

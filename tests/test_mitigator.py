@@ -171,6 +171,27 @@ def test_auth_size_and_shape_are_checked_before_anything_runs(tmp_path: Path) ->
                 urllib.request.urlopen(req, timeout=5)
             assert err.value.code == 400, query
             assert json.loads(err.value.read())["error"].startswith(query.split("=")[0] + ": ")
+        # bytes that are not HTTP: aiohttp answers 400; the log says so in one WARNING line
+        import socket
+
+        for raw, why in [
+            (b"POST /v1/alerts HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+             "Invalid character in Content-Length"),
+            (b"POST /v1/alerts HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+             "Invalid character in chunk size"),
+        ]:  # fmt: skip
+            with socket.create_connection(("127.0.0.1", m.port), timeout=5) as sock:
+                sock.sendall(raw)
+                assert sock.recv(64).startswith(b"HTTP/1.0 400 Bad Request\r\n")
+            deadline = time.monotonic() + 5
+            while why not in m.log_path.read_text():
+                assert time.monotonic() < deadline, m.log_tail()
+            (line,) = [x for x in m.log_path.read_text().splitlines() if why in x]
+            assert line.endswith(
+                f" WARNING aiohttp.server: Error handling request from 127.0.0.1: "
+                f"answered 400, {why}"
+            ), line
+        assert "Traceback" not in m.log_path.read_text()
         metrics = m.metrics()
         assert metrics.get("mlmon_webhook_notifications_total", result="unauthorized") == 2
         assert metrics.get("mlmon_webhook_notifications_total", result="invalid") == 3

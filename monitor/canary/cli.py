@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -70,12 +69,13 @@ def run(config: Path, metrics_listen: str) -> None:
     import logging
     import signal
 
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
     from prometheus_client.process_collector import ProcessCollector
 
     from monitor.canary.runner import CanaryMetrics, targets
     from monitor.canary.runner import run as run_canaries
     from monitor.errors import MonitorError
+    from monitor.metrics_http import MetricsServer
     from monitor.sidecar.app import parse_listen
     from monitor.spec import load_spec
 
@@ -88,15 +88,15 @@ def run(config: Path, metrics_listen: str) -> None:
     ProcessCollector(registry=registry)
     metrics = CanaryMetrics(registry)
     try:
-        server, _ = start_http_server(port, addr=host, registry=registry)
-    except OSError as exc:
-        click.echo(f"error: --metrics-listen {metrics_listen}: {exc.strerror or exc}", err=True)
-        sys.exit(1)
+        server = MetricsServer((host, port), registry, what="--metrics-listen")
+    except MonitorError as exc:
+        fail(exc)
+    server.start()
     logging.getLogger("monitor.canary").info(
         "canary: %s; /metrics on %s:%d",
         ", ".join(f"{t.model.name} x {len(t.replicas)} replica(s)" for t in found),
         host,
-        server.server_address[1],
+        server.port,
     )
 
     async def main() -> None:
@@ -109,4 +109,4 @@ def run(config: Path, metrics_listen: str) -> None:
     try:
         asyncio.run(main())
     finally:
-        server.shutdown()
+        server.stop()

@@ -580,19 +580,19 @@ def serve(
     is logged and counted; the next schedule tries again.
 
     Raises:
-        DriftError: no model has a baseline; OSError: the listen address is taken.
+        DriftError: no model has a baseline.
+        MonitorError: the listen address cannot be bound ("--metrics-listen
+            0.0.0.0:9400: Address already in use").
     """
-    from prometheus_client import start_http_server
+    from monitor.metrics_http import MetricsServer
 
     models = [m for m in spec.models if m.baseline is not None]
     if not models:
         raise DriftError("no model has a baseline (models[].baseline): nothing to compare")
     registry = registry or CollectorRegistry()
     collector = DriftCollector(registry)
-    try:
-        server, thread = start_http_server(listen[1], addr=listen[0], registry=registry)
-    except OSError as e:
-        raise OSError(e.errno, f"cannot listen on {listen[0]}:{listen[1]}: {e.strerror}") from e
+    server = MetricsServer(listen, registry, what="--metrics-listen")
+    server.start()
     stop = stop or threading.Event()
     if ready is not None:
         ready.set()
@@ -630,6 +630,4 @@ def serve(
                     log.exception("model %s: drift run crashed", m.name)
             stop.wait(max(0.0, spec.drift.schedule_seconds - (time.monotonic() - t0)))
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        server.stop()
