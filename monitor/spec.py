@@ -24,6 +24,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -58,6 +59,11 @@ _RESERVED_COLUMNS = frozenset({"timestamp", "request_id", "prediction"})
 """Column names of the capture store that features may not take."""
 
 
+#: A YAML boolean (true/false, or YAML 1.1's yes/no unquoted). Strict: a quoted "yes"
+#: or a 1 is a mistake to name, not a value to guess at.
+Bool = Annotated[bool, Strict()]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -84,9 +90,9 @@ class FeatureSpec(_Model):
     """Inclusive upper bound of a numerical feature; above it counts ``out_of_range``."""
     categories: list[Category] | None = None
     """Known values of a categorical feature; any other counts ``unseen_category``."""
-    pii: bool = False
+    pii: Bool = False
     """Personal data: counted for coverage but never written to the capture store."""
-    required: bool = True
+    required: Bool = True
     """Whether clients must send it (optional features may be ``missing`` by design)."""
     min_coverage: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     """Coverage (present share) below this alerts; default ``alerting.min_coverage``."""
@@ -370,7 +376,7 @@ class ModelSpec(_Model):
     """The served weights (a file, or a directory whose every file is hashed) as the
     sidecar sees them: its sha256 is the ``fingerprint`` label of ``mlmon_model_info``,
     computed at start-up and when the version changes. Omitted = empty fingerprint."""
-    gpu_metrics: bool = True
+    gpu_metrics: Bool = True
     """Export the node's GPU health (``mlmon_gpu_*``, NVML) from this sidecar (default on;
     without an NVIDIA driver it exports ``mlmon_gpu_up{reason="no_driver"} 0``). Turn it
     off where a per-node ``monitor gpu-exporter`` runs, so GPUs are not exported twice."""
@@ -471,7 +477,7 @@ class ModelSpec(_Model):
 class TracingSpec(_Model):
     """OpenTelemetry tracing of proxied requests."""
 
-    enabled: bool = True
+    enabled: Bool = True
     """One span per proxied request, ``traceparent`` propagated upstream (default on)."""
     otlp_endpoint: str | None = None
     """OTLP/HTTP traces endpoint, e.g. ``http://127.0.0.1:4318/v1/traces``; unset = spans
@@ -663,13 +669,13 @@ class MitigationSpec(_Model):
     """Minimum seconds between two runs of this policy (default 600)."""
     max_per_hour: Annotated[int, Field(ge=1)] | None = None
     """Rate limit of this policy (default none)."""
-    revert_on_resolve: bool = False
+    revert_on_resolve: Bool = False
     """Undo the action when the alert resolves (default false)."""
     min_firing_seconds: Annotated[float, Field(ge=0)] = 0.0
     """Act only on alerts firing at least this long (from ``startsAt``; default 0)."""
     revert_hold_seconds: Annotated[float, Field(ge=0)] = 0.0
     """Seconds the alert must stay resolved before the revert (default 0)."""
-    dry_run: bool = False
+    dry_run: Bool = False
     """Log and audit, but do not act (default false)."""
 
     _check = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))

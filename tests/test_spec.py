@@ -109,6 +109,16 @@ def _mutate(path: list, value: object) -> dict:
             "timestamp",
             "models[0].features[1].name: 'timestamp' is reserved",
         ),
+        (
+            ["models", 0, "gpu_metrics"],
+            "yes",
+            "models[0].gpu_metrics: Input should be a valid boolean",
+        ),
+        (
+            ["models", 0, "features", 0, "required"],
+            0,
+            "models[0].features[0].required: Input should be a valid boolean",
+        ),
     ],
     ids=[
         "A max below min names the max field of that feature.",
@@ -124,6 +134,8 @@ def _mutate(path: list, value: object) -> dict:
         "A categorical output without classes is rejected (labels must be bounded).",
         "The reserved model name 'other' is rejected.",
         "A feature named like a capture-store column is rejected.",
+        "A quoted 'yes' is not taken for true.",
+        "A 0 is not taken for false.",
     ],
 )
 def test_each_problem_names_the_field_path(path: list, value: object, expected: str) -> None:
