@@ -718,6 +718,22 @@ def test_dashboards_render_says_what_to_do_when_prometheus_is_unreachable(tmp_pa
     assert "check --prometheus" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize("url", ["notaurl", "127.0.0.1:9090", "ftp://h", "http://", "http://[::1"])
+def test_dashboards_render_refuses_a_prometheus_that_is_not_an_http_url(
+    tmp_path: Path, url: str
+) -> None:
+    res = subprocess.run(
+        [*MONITOR, "dashboards", "render", "--prometheus", url, "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"Error: Invalid value for '--prometheus': {url!r}: expected an http:// or https:// "
+        "URL with a host, e.g. http://127.0.0.1:9090"
+    )
+    assert not any(tmp_path.iterdir())
+
+
 def test_dashboards_render_without_dashboards_points_at_monitor_generate(tmp_path: Path) -> None:
     res = subprocess.run(
         [*MONITOR, "dashboards", "render", "--prometheus", "http://127.0.0.1:9",

@@ -15,8 +15,31 @@ def dashboards() -> None:
     """Generated Grafana dashboards: render a static preview from a live Prometheus."""
 
 
+def _prometheus_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Refuse what is not an http(s) URL with a host before any query is built."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        ok = False
+    if not ok:
+        raise click.BadParameter(
+            f"{value!r}: expected an http:// or https:// URL with a host, "
+            "e.g. http://127.0.0.1:9090"
+        )
+    return value
+
+
 @dashboards.command("render")
-@click.option("--prometheus", "prometheus_url", required=True, help="Prometheus base URL.")
+@click.option(
+    "--prometheus",
+    "prometheus_url",
+    required=True,
+    callback=_prometheus_url,
+    help="Prometheus base URL, e.g. http://127.0.0.1:9090.",
+)
 @click.option(
     "--out",
     "out",
