@@ -138,6 +138,11 @@ class ManagedProcess:
         """Whether the process is started and has not exited."""
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """Exit status once it has exited (negative: killed by that signal), else None."""
+        return None if self._proc is None else self._proc.poll()
+
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         """Return the last ``lines`` lines of the log file."""
         try:

@@ -237,6 +237,21 @@ def urllib_status(url: str) -> int:
         return exc.code
 
 
+def test_a_sigterm_while_starting_up_is_a_graceful_shutdown(tmp_path: Path) -> None:
+    """Case: CI lost a sidecar's spans. It was stopped as soon as /-/healthy answered,
+    while start() still awaited the first readiness probe and before the signal
+    handlers were installed, so the SIGTERM killed it unflushed (exit -15)."""
+    with FaultServer(tmp_path) as up:
+        spec = write_spec(
+            tmp_path / "m.yaml", up.url, health_path="/slow?delay=2", probe_interval_seconds=5
+        )
+        proc = SidecarProc(spec, "m", tmp_path)
+        with proc:  # ready: /-/healthy answers; the first probe waits 2 s for /slow
+            pass
+    assert proc.returncode == 0, proc.log_tail()
+    assert "shutting down" in proc.log_path.read_text()
+
+
 def test_a_slow_upstream_gives_504_after_the_read_timeout(side: SidecarProc) -> None:
     c = conn(side)
     t0 = time.monotonic()

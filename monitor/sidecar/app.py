@@ -585,6 +585,13 @@ def run_sidecar(
         runner = asyncio.run
 
     async def main() -> None:
+        # Handlers first: /-/healthy answers during start() (the first probe and the
+        # GPU read still await), and a SIGTERM then must shut down gracefully
+        # (flushing spans and capture), not kill the process.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         sidecar = Sidecar(spec, model_name, listen=listen, metrics_listen=metrics_listen)
         await sidecar.start()
         # Start-up objects (modules, spec, metric families) live as long as the
@@ -601,10 +608,6 @@ def run_sidecar(
             metrics_listen[0],
             sidecar.metrics_port,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down")
         await sidecar.stop()
