@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from monitor.procs import AlertmanagerProcess, ManagedProcess, free_ports
-from tests.support import Metrics, require_tool
+from tests.support import Metrics, Receiver, require_tool
 
 MONITOR = [sys.executable, "-m", "monitor"]
 TOKEN = "s3cret-token"
@@ -241,6 +241,60 @@ def test_c28_duplicate_deliveries_run_the_action_once_and_resolve_reverts(tmp_pa
         ("apply", "success"),
         ("revert", "success"),
     ]
+
+
+def test_huge_numbers_get_400_never_5xx(tmp_path: Path) -> None:
+    """Case (break-it trial): a 5000-digit integer gave 500; truncatedAlerts 2^63, which
+    SQLite cannot store, gave 503, which Alertmanager retries for ever."""
+    with Mitigator(tmp_path, [_policy(tmp_path / "ran.jsonl")]) as m:
+        # an integer past Python's 4300-digit str->int limit
+        status, body = m.post(b'{"version": "4", "x": ' + b"9" * 5000 + b', "alerts": []}')
+        assert status == 400 and body["error"].startswith("body is not usable JSON: Exceeds")
+        status, body = m.post({**C26, "truncatedAlerts": 2**63})
+        assert (status, body["error"]) == (
+            400, "truncatedAlerts: expected an integer in [0, 2^63), got 9223372036854775808"
+        )  # fmt: skip
+        assert m.post({**C26, "truncatedAlerts": 2**63 - 1})[0] == 200
+        long_fp = json.loads(json.dumps(C26))
+        long_fp["alerts"][0]["fingerprint"] = "f" * 200
+        status, body = m.post(long_fp)
+        assert (status, body["error"]) == (
+            400, "alerts[0].fingerprint: expected a non-empty string of at most 128 "
+            "characters, got '" + "f" * 36 + "..."
+        )  # fmt: skip
+        assert "Traceback" not in m.log_path.read_text()
+
+
+def test_a_header_with_a_newline_fails_its_job_and_the_worker_goes_on(tmp_path: Path) -> None:
+    """Case (break-it trial): a templated header rendered with a newline from an alert's
+    annotation made aiohttp raise ValueError, which ended the worker task: every later
+    job stayed pending while /-/ready said ready."""
+    out = tmp_path / "ran.jsonl"
+    hook = {"name": "hook", "match": {"alertname": "ModelErrorRateHigh", "model": "m1"},
+            "action": {"type": "http", "url": "RECEIVER/x", "body": "{}",
+                       "headers": {"X-Summary": "{{ annotations.summary }}"}},
+            "cooldown_seconds": 0}  # fmt: skip
+    second = {**_policy(out), "match": {"alertname": "ModelErrorRateHigh", "model": "m3"}}
+    first = json.loads(json.dumps(C26["alerts"][0]))
+    first["annotations"] = {"summary": "line1\nline2"}
+    other = json.loads(json.dumps(C26["alerts"][0]))
+    other.update(fingerprint="ffff000011112222", labels={**other["labels"], "model": "m3"})
+    with Receiver().running() as rx:  # it accepts the connection: the header is the problem
+        hook["action"]["url"] = rx.url + "/x"
+        with Mitigator(tmp_path, [hook, second]) as m:
+            assert m.post({**C26, "alerts": [first]})[0] == 200
+            assert m.post({**C26, "alerts": [other]})[0] == 200
+            acts = {a["policy"]: a for a in m.wait_done(2)}
+            with urllib.request.urlopen(f"{m.url}/-/ready", timeout=5) as resp:
+                assert resp.status == 200
+        assert rx.received == []
+    assert acts["hook"]["outcome"] == "failure"
+    assert acts["hook"]["detail"] == (
+        "http action: header 'X-Summary': the rendered value has a control character: "
+        "'line1\\nline2'; not sent"
+    )
+    assert acts["rollback"]["outcome"] == "success"
+    assert _lines(out) == [["firing", "m3", "ffff000011112222"]]
 
 
 def test_cooldown_skips_a_second_alert_and_dry_run_only_records(tmp_path: Path) -> None:
@@ -534,3 +588,41 @@ def test_an_apply_waits_min_firing_seconds_from_startsat_but_never_longer_from_n
     assert _due(now - 20, 60, now) == now + 40  # fired 20 s ago: 40 s more
     assert _due(now + 3600, 60, now) == now + 60  # startsAt an hour ahead (skew): 60 s
     assert _due(now + 3600, 0, now) == now
+
+
+def test_a_worker_that_dies_turns_ready_to_503(tmp_path: Path) -> None:
+    """Defence in depth: should the job worker ever end while not stopping, /-/ready
+    says so (and why) instead of taking webhooks no one will act on."""
+    import asyncio
+
+    from monitor.mitigator.service import Mitigator as Service
+    from monitor.spec import parse_spec
+
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    spec = parse_spec({
+        "apiVersion": "monitor/v1", "service": "t",
+        "models": [{"name": "m1", "upstream": "http://127.0.0.1:9"}],
+        "mitigations": [_policy(tmp_path / "ran.jsonl")],
+        "mitigator": {"token_file": str(tmp_path / "token"),
+                      "store": f"sqlite:///{tmp_path / 'mitigator.db'}"},
+    })  # fmt: skip
+    service = Service(spec)
+
+    async def scenario() -> tuple[int, dict[str, Any], int]:
+        before = (await service.handle_ready(None)).status  # type: ignore[arg-type]
+
+        async def dies() -> None:
+            raise RuntimeError("boom")
+
+        task = asyncio.create_task(dies())
+        await asyncio.wait([task])
+        service._worker_ended(task)
+        resp = await service.handle_ready(None)  # type: ignore[arg-type]
+        return before, json.loads(resp.body), resp.status  # type: ignore[arg-type]
+
+    try:
+        before, body, status = asyncio.run(scenario())
+    finally:
+        service.store.close()
+    assert before == 200
+    assert (status, body) == (503, {"status": "worker stopped", "error": "RuntimeError: boom"})

@@ -371,6 +371,38 @@ def test_alerting_problems_name_the_field(
             "mitigations[0]: revert_on_resolve: a command action has no automatic inverse; "
             "give a revert",
         ),
+        (
+            {
+                "action": {
+                    "type": "http",
+                    "url": "http://h/x",
+                    "headers": {"Authorization": "Bearer abc\n"},
+                }
+            },
+            "mitigations[0].action: headers.Authorization: the value has a control character "
+            "(a newline from a YAML block scalar?); headers are one line",
+        ),
+        (
+            {"action": {"type": "http", "url": "http://h/x", "headers": {"X Y": "1"}}},
+            "mitigations[0].action: headers: 'X Y' is not a header name",
+        ),
+        (
+            {"action": {"type": "http", "url": "http://h/x", "method": "FROB"}},
+            "mitigations[0].action: method: expected one of GET, POST, PUT, PATCH, DELETE, "
+            "got 'FROB'",
+        ),
+        (
+            {"action": {"type": "http", "url": "http://h/x", "body": '{"m": "{{ labels.model "}'}},
+            "mitigations[0].action: body: '{{ labels.model \"}' is not a placeholder; use "
+            "{{ labels.NAME }}, {{ annotations.NAME }}, {{ fingerprint }}, {{ status }} or "
+            "{{ startsAt }}",
+        ),
+        (
+            {"action": {"type": "http", "url": "http://h/{{ nosuchthing }}"}},
+            "mitigations[0].action: url: '{{ nosuchthing }}' is not a placeholder; use "
+            "{{ labels.NAME }}, {{ annotations.NAME }}, {{ fingerprint }}, {{ status }} or "
+            "{{ startsAt }}",
+        ),
     ],
     ids=[
         "An action without a type says the key is missing.",
@@ -382,6 +414,11 @@ def test_alerting_problems_name_the_field(
         "An unknown action key is named (no silent shell=True).",
         "The revert is checked like the action.",
         "revert_on_resolve needs a revert unless the action is a sidecar one.",
+        "A header value with a newline is refused (it would split the header).",
+        "A header name with a space is refused.",
+        "An unknown HTTP method is refused.",
+        "An unterminated placeholder is refused (it would be sent literally).",
+        "An unknown placeholder is refused.",
     ],
 )
 def test_mitigation_actions_are_checked_when_the_spec_loads(policy: dict, expected: str) -> None:
@@ -390,6 +427,15 @@ def test_mitigation_actions_are_checked_when_the_spec_loads(policy: dict, expect
     with pytest.raises(SpecError) as err:
         parse_spec(data)
     assert err.value.problems == [expected]
+
+
+def test_an_http_action_with_json_and_known_placeholders_is_valid() -> None:
+    data = base()
+    body = '{"a": {"summary": "{{ annotations.summary }}", "at": "{{ startsAt }}"}}'
+    action = {"type": "http", "method": "put", "url": "http://h/{{ labels.model }}",
+              "headers": {"X-Alert": "{{ fingerprint }}"}, "body": body}  # fmt: skip
+    data["mitigations"] = [{"name": "p", "match": {"alertname": "X"}, "action": action}]
+    assert parse_spec(data).mitigations[0].action["body"] == action["body"]
 
 
 def test_a_sidecar_policy_reverts_by_its_inverse_without_a_revert() -> None:

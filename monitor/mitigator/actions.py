@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import random
 import re
@@ -40,11 +41,10 @@ from urllib.parse import quote, urlencode, urlsplit
 import aiohttp
 
 from monitor.conventions import MODEL_INFO
-from monitor.mitigator.policy import ActionError
+from monitor.mitigator.policy import CONTROL, TEMPLATE, ActionError
 
-_TEMPLATE = re.compile(
-    r"\{\{\s*(labels|annotations)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}|\{\{\s*(fingerprint|status|startsAt)\s*\}\}"
-)
+log = logging.getLogger("monitor.mitigator")
+
 BREAKER_FAILURES = 5
 BREAKER_OPEN_SECONDS = 60.0
 
@@ -59,7 +59,7 @@ def render(template: str, alert: Mapping[str, Any], *, url: bool = False) -> str
             value = str((alert.get(m.group(1)) or {}).get(m.group(2), ""))
         return quote(value, safe="") if url else value
 
-    return _TEMPLATE.sub(sub, template)
+    return TEMPLATE.sub(sub, template)
 
 
 @dataclass
@@ -104,11 +104,17 @@ class Executor:
             ActionError: the attempt failed (``retryable`` says whether to retry).
         """
         t = action["type"]
-        if t == "sidecar":
-            return await self._sidecar(action, alert)
-        if t == "http":
-            return await self._http(action, alert)
-        return await self._command(action, alert)
+        try:
+            if t == "sidecar":
+                return await self._sidecar(action, alert)
+            if t == "http":
+                return await self._http(action, alert)
+            return await self._command(action, alert)
+        except ActionError:
+            raise
+        except Exception as e:  # a library refusing what we built: a failure, not a crash
+            log.exception("%s action: unexpected error", t)
+            raise ActionError(f"{t} action: {type(e).__name__}: {e}", retryable=False) from None
 
     def _guard(self, target: str) -> None:
         b = self._breakers.get(target)
@@ -234,6 +240,15 @@ class Executor:
         url = render(str(action["url"]), alert, url=True)
         body = render(str(action.get("body", "")), alert).encode() if action.get("body") else None
         headers = {str(k): render(str(v), alert) for k, v in (action.get("headers") or {}).items()}
+        for name, value in headers.items():
+            if CONTROL.search(value):
+                # a newline from a template (an alert's annotation): sending it would
+                # split the header (injection), and aiohttp refuses it anyway
+                raise ActionError(
+                    f"http action: header {name!r}: the rendered value has a control "
+                    f"character: {value[:80]!r}; not sent",
+                    retryable=False,
+                )
         timeout = float(action.get("timeout_seconds", self.timeout))
         status, _ = await self._request(method, url, headers=headers, body=body, timeout=timeout)
         return f"{method} {url}: HTTP {status}"

@@ -6,6 +6,7 @@ actions without the mitigator's dependencies; :mod:`monitor.mitigator.actions` r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,6 +15,16 @@ from monitor.errors import MonitorError
 
 ACTION_TYPES = ("sidecar", "http", "command")
 SIDECAR_OPS = ("route", "shed", "quarantine", "restore")
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+#: The placeholders an http action's url, headers and body may hold.
+TEMPLATE = re.compile(
+    r"\{\{\s*(labels|annotations)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}"
+    r"|\{\{\s*(fingerprint|status|startsAt)\s*\}\}"
+)
+#: ASCII control characters but tab: never valid in a header value (RFC 9110 5.5).
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # a header name (RFC 9110 5.6.2)
 
 
 class ActionError(MonitorError):
@@ -71,13 +82,30 @@ def check_action(action: Mapping[str, Any], where: str) -> None:
         url = action.get("url")
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
             raise ActionError(f"{p}url: expected an http(s) URL", retryable=False)
-        if not isinstance(action.get("method", "POST"), str):
-            raise ActionError(f"{p}method: expected a string", retryable=False)
+        method = action.get("method", "POST")
+        if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
+            raise ActionError(
+                f"{p}method: expected one of {', '.join(HTTP_METHODS)}, got {_got(method)}",
+                retryable=False,
+            )
         headers = action.get("headers", {})
         if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
             raise ActionError(f"{p}headers: expected an object of strings", retryable=False)
-        if not isinstance(action.get("body", ""), str):
+        for name, value in headers.items():
+            if not isinstance(name, str) or not _TOKEN.match(name):
+                raise ActionError(f"{p}headers: {name!r} is not a header name", retryable=False)
+            if CONTROL.search(value):
+                raise ActionError(
+                    f"{p}headers.{name}: the value has a control character (a newline from "
+                    "a YAML block scalar?); headers are one line",
+                    retryable=False,
+                )
+        body = action.get("body", "")
+        if not isinstance(body, str):
             raise ActionError(f"{p}body: expected a string (a template)", retryable=False)
+        for field, text in [("url", url), *((f"headers.{k}", v) for k, v in headers.items()),
+                            ("body", body)]:  # fmt: skip
+            _check_template(text, f"{p}{field}")
     else:
         allowed = {"type", "argv", "timeout_seconds"}
         argv = action.get("argv")
@@ -87,6 +115,18 @@ def check_action(action: Mapping[str, Any], where: str) -> None:
     if extra:
         raise ActionError(
             f"{where + ': ' if where else ''}unknown key(s) {', '.join(extra)} for a {t} action",
+            retryable=False,
+        )
+
+
+def _check_template(text: str, where: str) -> None:
+    """Every ``{{`` must open a known placeholder (else it would be sent literally)."""
+    rest = TEMPLATE.sub("", text)
+    if "{{" in rest:  # (a lone "}}" is common in JSON bodies: {"a": {"b": 1}})
+        bad = rest[rest.find("{{") :][:40]
+        raise ActionError(
+            f"{where}: {bad!r} is not a placeholder; use {{{{ labels.NAME }}}}, "
+            "{{ annotations.NAME }}, {{ fingerprint }}, {{ status }} or {{ startsAt }}",
             retryable=False,
         )
 
@@ -106,4 +146,7 @@ def inverse(action: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-__all__ = ["ACTION_TYPES", "SIDECAR_OPS", "ActionError", "check_action", "inverse"]
+__all__ = [
+    "ACTION_TYPES", "CONTROL", "HTTP_METHODS", "SIDECAR_OPS", "TEMPLATE", "ActionError",
+    "check_action", "inverse",
+]  # fmt: skip

@@ -195,6 +195,7 @@ class Mitigator:
             self.m_notifications.labels(result)
         self._wake = asyncio.Event()
         self._stopping = False
+        self._worker_error: str | None = None  # set when the worker died (see /-/ready)
 
     # --- webhook ----------------------------------------------------------------
 
@@ -337,7 +338,15 @@ class Mitigator:
                 log.error("store: %s", e)
                 jobs = []
             for job in jobs:
-                await self.run_job(job)
+                try:
+                    await self.run_job(job)
+                except Exception as e:  # a bug must cost one job, never the worker
+                    log.exception("policy %s %s: unexpected error", job.policy, job.kind)
+                    with contextlib.suppress(Exception):
+                        await self._finish(
+                            job, c.MITIGATION_FAILURE, f"internal error: {type(e).__name__}: {e}",
+                            time.monotonic(), job.attempts + 1,
+                        )  # fmt: skip
             try:
                 pending = await asyncio.to_thread(self.store.jobs, 1000, "pending")
                 self.m_pending.set(len(pending))
@@ -346,6 +355,16 @@ class Mitigator:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+
+    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+        """Done-callback of the worker: it ends only when stopping. Anything else is
+        logged and turns /-/ready to 503, so the orchestrator restarts the replica
+        instead of it taking webhooks it will never act on."""
+        if self._stopping:
+            return
+        why = _worker_ended_error(task) or "ended without being stopped"
+        self._worker_error = why
+        log.critical("the job worker stopped: %s; /-/ready answers 503", why)
 
     def _label(self, job: Job) -> str:
         return job.action_type if job.kind == "apply" else f"{job.action_type}_revert"
@@ -582,7 +601,11 @@ class Mitigator:
         return web.json_response({"status": "healthy"})
 
     async def handle_ready(self, request: web.Request) -> web.Response:
-        """``GET /-/ready``: 200 when the store answers."""
+        """``GET /-/ready``: 200 when the store answers and the worker runs; else 503."""
+        if self._worker_error is not None:
+            return web.json_response(
+                {"status": "worker stopped", "error": self._worker_error}, status=503
+            )
         try:
             await asyncio.to_thread(self.store.ping)
         except StoreError as e:
@@ -600,6 +623,7 @@ class Mitigator:
 
         async def start_worker(app: web.Application) -> Any:
             task = asyncio.create_task(self.worker())
+            task.add_done_callback(self._worker_ended)
             yield
             self._stopping = True
             self._wake.set()
@@ -607,6 +631,14 @@ class Mitigator:
 
         app.cleanup_ctx.append(start_worker)
         return app
+
+
+def _worker_ended_error(task: asyncio.Task[None]) -> str | None:
+    """Why the worker task ended, or None when it was cancelled or returned."""
+    if task.cancelled():
+        return None
+    exc = task.exception()
+    return None if exc is None else f"{type(exc).__name__}: {exc}"
 
 
 def _due(starts_at: float, min_firing: float, now: float) -> float:

@@ -125,6 +125,12 @@ def _str_map(value: Any, where: str) -> dict[str, str]:
     return {str(k): v for k, v in value.items()}
 
 
+def _short(value: Any) -> str:
+    """``repr(value)`` cut to 40 characters, for messages about huge values."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else "a huge integer"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def parse(body: bytes) -> Notification:
     """Parse and check one webhook body.
 
@@ -144,6 +150,8 @@ def parse(body: bytes) -> Notification:
         ) from None
     except RecursionError:
         raise WebhookError("body is nested too deeply") from None
+    except ValueError as e:  # e.g. an integer past Python's 4300-digit conversion limit
+        raise WebhookError(f"body is not usable JSON: {str(e)[:120]}") from None
     if not isinstance(doc, dict):
         raise WebhookError("body must be a JSON object (Alertmanager webhook version 4)")
     if doc.get("version") != "4":
@@ -152,8 +160,10 @@ def parse(body: bytes) -> Notification:
     if not isinstance(raw_alerts, list):
         raise WebhookError("alerts: expected a list")
     truncated = doc.get("truncatedAlerts", 0)
-    if isinstance(truncated, bool) or not isinstance(truncated, int) or truncated < 0:
-        raise WebhookError(f"truncatedAlerts: expected a non-negative integer, got {truncated!r}")
+    if isinstance(truncated, bool) or not isinstance(truncated, int) or not 0 <= truncated < 2**63:
+        raise WebhookError(
+            "truncatedAlerts: expected an integer in [0, 2^63), got " + _short(truncated)
+        )
     alerts = []
     for i, a in enumerate(raw_alerts):
         where = f"alerts[{i}]"
@@ -167,7 +177,10 @@ def parse(body: bytes) -> Notification:
             raise WebhookError(f"{where}.labels: no alertname")
         fp = a.get("fingerprint")
         if not isinstance(fp, str) or not fp or len(fp) > 128:
-            raise WebhookError(f"{where}.fingerprint: expected a non-empty string")
+            raise WebhookError(
+                f"{where}.fingerprint: expected a non-empty string of at most 128 "
+                f"characters, got {_short(fp)}"
+            )
         starts = a.get("startsAt")
         starts_ts = parse_time(starts, f"{where}.startsAt")
         if starts_ts is None:
