@@ -67,7 +67,8 @@ def sidecar(config: Path, model: str, listen: str, metrics_listen: str) -> None:
         logging.getLogger("monitor.sidecar").warning(
             "PROMETHEUS_MULTIPROC_DIR ignored: the sidecar is a single process"
         )
-    from monitor.sidecar.app import parse_listen, run_sidecar
+    from monitor.sidecar.app import run_sidecar
+    from monitor.spec import parse_listen
 
     try:
         spec = load_spec(config)
@@ -278,7 +279,7 @@ def drift_serve(config: Path, metrics_listen: str, html: bool) -> None:
     import threading
 
     from monitor.drift.job import serve
-    from monitor.sidecar.app import parse_listen
+    from monitor.spec import parse_listen
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -301,7 +302,7 @@ def drift_serve(config: Path, metrics_listen: str, html: bool) -> None:
 def mitigator(config: Path, listen: str | None) -> None:
     """Receive Alertmanager webhooks and run the spec's mitigations."""
     from monitor.mitigator.service import run_mitigator
-    from monitor.sidecar.app import parse_listen
+    from monitor.spec import parse_listen
 
     try:
         spec = load_spec(config)

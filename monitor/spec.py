@@ -32,7 +32,7 @@ from pydantic import (
 )
 
 from monitor import conventions as c
-from monitor.errors import SpecError
+from monitor.errors import MonitorError, SpecError
 
 __all__ = [
     "API_VERSION",
@@ -64,8 +64,14 @@ _RESERVED_COLUMNS = frozenset({"timestamp", "request_id", "prediction"})
 Bool = Annotated[bool, Strict()]
 
 
+#: A day in seconds: the upper bound of timeouts (a larger one is a typo, not a plan).
+DAY = 86_400
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: .inf or .nan is never a sensible setting (a timeout of .inf,
+    # a max of .nan that compares false with everything); name it instead
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _check_name(value: str) -> str:
@@ -241,11 +247,11 @@ class CaptureSpec(_Model):
     """Directory of the capture store; created when missing."""
     sample_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
     """Share of rows written, 0-1 (default 1.0: every row)."""
-    max_bytes: Annotated[int, Field(gt=0)] = 1 << 30
+    max_bytes: Annotated[int, Field(gt=0, le=1 << 50)] = 1 << 30
     """Size bound in bytes of this model's capture files (default 1 GiB); oldest go first."""
     rotate_seconds: Annotated[float, Field(gt=0)] = 60.0
     """A file is closed after this many seconds (default 60)."""
-    max_file_bytes: Annotated[int, Field(gt=0)] = 8 << 20
+    max_file_bytes: Annotated[int, Field(gt=0, le=1 << 40)] = 8 << 20
     """A file is closed once its buffered rows reach about this size in memory
     (default 8 MiB, about 30,000 rows of 30 features): the bound on the writer's
     buffer, so on the sidecar's RSS."""
@@ -257,17 +263,17 @@ class CaptureSpec(_Model):
 class TimeoutSpec(_Model):
     """Upstream timeouts of the sidecar."""
 
-    connect_seconds: Annotated[float, Field(gt=0)] = 5.0
+    connect_seconds: Annotated[float, Field(gt=0, le=DAY)] = 5.0
     """TCP connect timeout in seconds (default 5); expiry answers 504."""
-    client_header_seconds: Annotated[float, Field(gt=0)] = 30.0
+    client_header_seconds: Annotated[float, Field(gt=0, le=DAY)] = 30.0
     """A request head (request line and headers) must arrive within this many seconds
     of its first byte, or the client gets 408 and the connection closes (default 30 s;
     nginx's client_header_timeout is 60 s). Ends slowloris connections."""
-    client_idle_seconds: Annotated[float, Field(gt=0)] = 75.0
+    client_idle_seconds: Annotated[float, Field(gt=0, le=DAY)] = 75.0
     """A client connection with no request in progress and no bytes for this long is
     closed (default 75 s, nginx's keepalive_timeout); this also ends stalled request
     heads (slowloris)."""
-    read_seconds: Annotated[float, Field(gt=0)] = 60.0
+    read_seconds: Annotated[float, Field(gt=0, le=DAY)] = 60.0
     """Longest wait for the upstream's response head or next body bytes (default 60 s);
     expiry answers 504 (or aborts a stream already under way)."""
 
@@ -348,7 +354,7 @@ class ModelSpec(_Model):
     quality_min: dict[str, Annotated[float, Field(ge=0.0)]] = {}
     """Model quality floors by metric (``accuracy``, ``f1``, ``roc_auc``, ...), checked
     against ``mlmon_model_quality`` from delayed labels; e.g. ``{accuracy: 0.9}``."""
-    probe_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
+    probe_interval_seconds: Annotated[float, Field(ge=0.1, le=3600)] = 5.0
     """Seconds between readiness (and version) probes of the upstream (default 5)."""
     inference_paths: list[str] = ["/predict"]
     """json protocol only: paths whose POST bodies are inference requests."""
@@ -404,12 +410,19 @@ class ModelSpec(_Model):
         parts = urlsplit(v)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError("must be an http:// URL with a host, e.g. http://127.0.0.1:8080")
-        if parts.path not in ("", "/") or parts.query:
-            raise ValueError("must be a base URL without path or query")
+        if parts.username is not None or parts.password is not None:
+            # the proxy does not send them, and /-/ready and the logs show the upstream
+            raise ValueError("must not carry credentials (user:password@): they would be shown")
+        if re.search(r"\s", v):
+            raise ValueError("must not contain whitespace")
+        if parts.path not in ("", "/") or parts.query or parts.fragment or "#" in v:
+            raise ValueError("must be a base URL without path, query or fragment")
         try:
-            parts.port  # noqa: B018 - raises on a bad port
+            port = parts.port
         except ValueError as exc:
             raise ValueError(f"bad port: {exc}") from None
+        if port == 0:
+            raise ValueError("bad port: 0 (give the port the model server listens on)")
         return v.rstrip("/")
 
     @field_validator("latency_buckets")
@@ -532,14 +545,32 @@ class SLOSpec(_Model):
     @classmethod
     def _window(cls, v: str) -> str:
         seconds = duration_seconds(v)
-        if seconds < 86400:
+        if seconds < DAY:
             raise ValueError("must be at least 1d (burn-rate alerts look back up to 3d)")
+        if seconds > 366 * DAY:
+            # an error budget spent over years alerts on nothing; and Prometheus keeps
+            # 15d of data by default, so even 90d needs longer retention
+            raise ValueError("must be at most 366d (SLO windows are 7d to 90d in practice)")
         return v
 
     @property
     def window_seconds(self) -> int:
         """The compliance window in seconds."""
         return duration_seconds(self.window)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Parse a listen address ``HOST:PORT`` (``[::1]:8000`` for IPv6; an empty host is
+    ``0.0.0.0``; port 0 picks a free one).
+
+    Raises:
+        MonitorError: not of that form, or the port is not 0-65535 (the message names
+            the value and gives an example).
+    """
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise MonitorError(f"listen address {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8000")
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def _check_http_url(v: str | None) -> str | None:
@@ -626,9 +657,9 @@ class AlertingSpec(_Model):
 class DriftSpec(_Model):
     """Schedule and verdict rules of the drift job (evidently's defaults when unset)."""
 
-    schedule_seconds: Annotated[float, Field(gt=0)] = 300.0
+    schedule_seconds: Annotated[float, Field(gt=0, le=7 * DAY)] = 300.0
     """Seconds between scheduled drift runs (default 300)."""
-    window_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    window_seconds: Annotated[float, Field(gt=0, le=366 * DAY)] = 3600.0
     """Current window: the last this many seconds of captured rows (default 3600)."""
     min_rows: Annotated[int, Field(ge=1)] = 100
     """Fewer current rows than this: ``insufficient_data``, never a verdict (default 100)."""
@@ -665,7 +696,7 @@ class MitigationSpec(_Model):
     """What to do (``type``: sidecar, http or command, with its parameters)."""
     revert: dict[str, Any] | None = None
     """How to undo it (same shape as ``action``)."""
-    cooldown_seconds: Annotated[float, Field(ge=0)] = 600.0
+    cooldown_seconds: Annotated[float, Field(ge=0, le=30 * DAY)] = 600.0
     """Minimum seconds between two runs of this policy (default 600)."""
     max_per_hour: Annotated[int, Field(ge=1)] | None = None
     """Rate limit of this policy (default none)."""
@@ -724,6 +755,16 @@ class MitigatorSpec(_Model):
 
     listen: str = "127.0.0.1:9500"
     """``HOST:PORT`` of the webhook (``POST /v1/alerts``) and ``/metrics``."""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        try:
+            parse_listen(v)
+        except MonitorError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
     token_file: Path | None = None
     """File holding the bearer token Alertmanager must send (``alerting.mitigator_credentials_file``
     names the same file for the generated alertmanager.yml)."""
@@ -737,9 +778,9 @@ class MitigatorSpec(_Model):
     """Global rate limit over all policies (default 30)."""
     max_body_bytes: Annotated[int, Field(gt=0)] = 1 << 20
     """Larger webhook bodies are answered 413 (default 1 MiB)."""
-    action_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    action_timeout_seconds: Annotated[float, Field(gt=0, le=DAY)] = 30.0
     """Timeout of one attempt of an action (default 30 s)."""
-    retries: Annotated[int, Field(ge=0)] = 3
+    retries: Annotated[int, Field(ge=0, le=100)] = 3
     """Retries of a failed attempt, with exponential backoff and jitter (default 3)."""
     escalation_url: str | None = None
     """Webhook paged when an action fails for good (default ``alerting.pager.webhook_url``)."""

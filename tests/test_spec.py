@@ -119,6 +119,47 @@ def _mutate(path: list, value: object) -> dict:
             0,
             "models[0].features[0].required: Input should be a valid boolean",
         ),
+        (
+            ["models", 0, "probe_interval_seconds"],
+            0.001,
+            "models[0].probe_interval_seconds: Input should be greater than or equal to 0.1",
+        ),
+        (
+            ["models", 0, "timeouts"],
+            {"connect_seconds": float("inf")},
+            "models[0].timeouts.connect_seconds: Input should be a finite number",
+        ),
+        (
+            ["models", 0, "timeouts"],
+            {"read_seconds": 1e308},
+            "models[0].timeouts.read_seconds: Input should be less than or equal to 86400",
+        ),
+        (
+            ["models", 0, "features", 2, "max"],
+            float("nan"),
+            "models[0].features[2].max: Input should be a finite number",
+        ),
+        (
+            ["models", 0, "upstream"],
+            "http://admin:s3cr3t@127.0.0.1:8080",
+            "models[0].upstream: must not carry credentials (user:password@): they would be shown",
+        ),
+        (
+            ["models", 0, "upstream"],
+            "http://exa mple.com",
+            "models[0].upstream: must not contain whitespace",
+        ),
+        (["models", 0, "upstream"], "http://127.0.0.1:0", "models[0].upstream: bad port: 0"),
+        (
+            ["models", 0, "upstream"],
+            "http://127.0.0.1:8080#frag",
+            "models[0].upstream: must be a base URL without path, query or fragment",
+        ),
+        (
+            ["mitigator"],
+            {"listen": "nohost"},
+            "mitigator.listen: listen address 'nohost': expected HOST:PORT, e.g. 127.0.0.1:8000",
+        ),
     ],
     ids=[
         "A max below min names the max field of that feature.",
@@ -136,6 +177,15 @@ def _mutate(path: list, value: object) -> dict:
         "A feature named like a capture-store column is rejected.",
         "A quoted 'yes' is not taken for true.",
         "A 0 is not taken for false.",
+        "A probe interval of 1 ms is refused (readiness would flap).",
+        "An infinite timeout is refused.",
+        "A timeout over a day is refused (a typo, not a plan).",
+        "A NaN bound is named as not finite (not 'must be > min').",
+        "Credentials in the upstream URL are refused (they would leak in /-/ready).",
+        "Whitespace in the upstream host is refused.",
+        "Upstream port 0 is refused.",
+        "A fragment in the upstream is refused.",
+        "A mitigator listen address without a port is refused at validate time.",
     ],
 )
 def test_each_problem_names_the_field_path(path: list, value: object, expected: str) -> None:
@@ -234,6 +284,15 @@ SLO_CASES = [
         {"name": "availability", "model": "bc", "objective": 0.99, "window": "30 days"},
         "slos[0].window: '30 days': expected a duration",
     ),
+    (
+        {
+            "name": "availability",
+            "model": "bc",
+            "objective": 0.99,
+            "window": "99999999999999999999d",
+        },
+        "slos[0].window: must be at most 366d",
+    ),
 ]
 
 
@@ -246,6 +305,7 @@ SLO_CASES = [
         "An SLO of an unknown model is refused.",
         "A window shorter than the 3-day burn-rate lookback is refused.",
         "A window that is not a duration is refused.",
+        "A window of aeons is refused (its PromQL range would be unusable).",
     ],
 )
 def test_slo_problems_name_the_field(slo: dict, expected: str) -> None:

@@ -76,8 +76,7 @@ def run(config: Path, metrics_listen: str) -> None:
     from monitor.canary.runner import run as run_canaries
     from monitor.errors import MonitorError
     from monitor.metrics_http import MetricsServer
-    from monitor.sidecar.app import parse_listen
-    from monitor.spec import load_spec
+    from monitor.spec import load_spec, parse_listen
 
     try:
         found = targets(load_spec(config))

@@ -34,7 +34,7 @@ def gpu_exporter(listen: str, timeout: float) -> None:
     """
     from monitor.errors import MonitorError
     from monitor.gpu.exporter import GpuExporter
-    from monitor.sidecar.app import parse_listen
+    from monitor.spec import parse_listen
 
     try:
         exporter = GpuExporter(parse_listen(listen), timeout=timeout)

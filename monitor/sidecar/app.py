@@ -46,7 +46,7 @@ from monitor.sidecar.proxy import Exchange, ProxyServer
 from monitor.spec import ModelSpec, MonitorSpec
 from monitor.tracing import RequestTrace, RequestTracer
 
-__all__ = ["Instrumentation", "Sidecar", "parse_listen", "run_sidecar"]
+__all__ = ["Instrumentation", "Sidecar", "run_sidecar"]
 
 log = logging.getLogger("monitor.sidecar")
 
@@ -229,18 +229,6 @@ class Instrumentation:
         if trace is not None:
             return trace.trace_id_hex
         return os.urandom(16).hex()
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """Parse ``HOST:PORT`` (``[::1]:8000`` for IPv6).
-
-    Raises:
-        MonitorError: not of that form, or the port is not 0-65535.
-    """
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise MonitorError(f"listen address {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8000")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 class Sidecar:
