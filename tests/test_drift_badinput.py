@@ -164,6 +164,27 @@ def test_a_baseline_missing_a_feature_says_missing_in_reference(tmp_path: Path) 
     assert compute(profile, _data()).features["q"].reason == "missing_in_both"
 
 
+def test_a_current_file_with_none_of_the_features_is_an_error_not_a_quiet_no_verdict(
+    tmp_path: Path,
+) -> None:
+    """Case (break-it trial): such a file exited 0 with 'no verdict (insufficient
+    data)', so a CronJob fed the wrong file looked green."""
+    spec = _spec(tmp_path, _data())
+    cur = tmp_path / "cur.csv"
+    cur.write_text("a,b\n1,2\n3,4\n")
+    with pytest.raises(DriftError) as err:
+        run_once(load_spec(spec), "m", RunOptions(current=cur, html=False))
+    assert str(err.value) == (
+        f"--current {cur}: none of model 'm''s features (x, y, c) is a column; "
+        "its columns are: a, b"
+    )
+    # one feature present is a partial file: a result, the others missing_in_current
+    cur.write_text("x,b\n" + "".join(f"{i / 10},{i}\n" for i in range(50)))
+    res = run_once(load_spec(spec), "m", RunOptions(current=cur, html=False))
+    assert res.features["y"].reason == "missing_in_current"
+    assert res.features["x"].status != "skipped"
+
+
 def test_an_empty_capture_window_is_insufficient_data_not_missing(tmp_path: Path) -> None:
     spec = _spec(tmp_path, _data())
     (tmp_path / "capture").mkdir()

@@ -121,10 +121,21 @@ def load_current(
     """The current window and its (start, end) in unix seconds (None for a file).
 
     Raises:
-        DriftError: no ``--current`` and no capture store, or an unreadable store.
+        DriftError: no ``--current`` and no capture store, an unreadable store, or a
+            ``--current`` file with none of the model's features as a column.
     """
     if opts.current is not None:
-        return read_table(opts.current), None
+        frame = read_table(opts.current)
+        names = [f.name for f in model.features]
+        if not set(names) & set(map(str, frame.columns)):
+            # every feature would be missing_in_current: a wrong file, not quiet traffic
+            cols = ", ".join(map(str, frame.columns[:8])) + (", ..." if frame.shape[1] > 8 else "")
+            raise DriftError(
+                f"--current {opts.current}: none of model {model.name!r}'s features "
+                f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}) is a column; "
+                f"its columns are: {cols or 'none'}"
+            )
+        return frame, None
     if model.capture is None:
         raise DriftError(
             f"model {model.name!r} has no capture store: add models[].capture "
