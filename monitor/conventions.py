@@ -119,6 +119,7 @@ PAYLOAD_REASONS: Final = (PAYLOAD_INVALID_JSON, PAYLOAD_INVALID_SHAPE, PAYLOAD_I
 
 SKIP_TOO_LARGE: Final = "too_large"
 SKIP_CONTENT_TYPE: Final = "content_type"
+SKIP_CONTENT_ENCODING: Final = "content_encoding"
 
 DROP_QUEUE_FULL: Final = "queue_full"
 DROP_RETENTION: Final = "retention"

@@ -511,7 +511,12 @@ def test_the_state_survives_a_restart_and_a_corrupt_file_means_defaults(
             None,
             False,
         )
-        assert call(proc, "GET", path="/-/ready", token=None)[0] == 200
+        # /-/healthy (what sidecar() waits for) can answer before the first probe of
+        # the upstream is done; until then /-/ready is 503, rightly
+        deadline = time.monotonic() + 10
+        while (status := call(proc, "GET", path="/-/ready", token=None)[0]) != 200:
+            assert status == 503 and time.monotonic() < deadline, status
+            time.sleep(0.05)
         log = proc.log_tail(200)
         assert "WARNING" in log and "corrupt" in log
 

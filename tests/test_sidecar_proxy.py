@@ -8,6 +8,7 @@ and cases C11, C13, C14, C16, C17 of shared/cases/real-world-cases.md.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import http.client
 import json
@@ -115,6 +116,45 @@ def test_a_chunked_request_reaches_the_upstream_byte_for_byte(side: SidecarProc)
     whole = b"".join(parts)
     assert seen["body_len"] == len(whole)
     assert seen["body_sha256"] == hashlib.sha256(whole).hexdigest()
+
+
+def test_a_compressed_inference_body_is_forwarded_as_it_came_and_not_inspected(
+    side: SidecarProc,
+) -> None:
+    """Case (break-it trial): ``Transfer-Encoding: gzip, chunked`` reached the upstream
+    as plain ``chunked``, the gzip coding dropped; and a ``Content-Encoding: gzip``
+    body (Triton accepts them) would be parsed as JSON and counted a payload error."""
+    before = side.scrape()
+    skipped = before.get(
+        "mlmon_payload_inspection_skipped_total", model="m", reason="content_encoding"
+    )
+    errors = before.get("mlmon_payload_errors_total")
+    body = gzip.compress(v2_body([[7.0, 1.0]]))
+    c = conn(side)
+    c.request("POST", "/v2/models/m/infer", body=body,
+              headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})  # fmt: skip
+    r = c.getresponse()
+    assert r.status == 200, r.read()  # aiohttp upstream decompresses it
+    assert json.loads(r.read())["outputs"][0]["data"] == [1]
+
+    s = raw(side)
+    s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+              + b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body))  # fmt: skip
+    reply = b""
+    while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+        chunk = s.recv(65536)
+        assert chunk, reply
+        reply += chunk
+    seen = json.loads(reply.split(b"\r\n\r\n", 1)[1])
+    assert ["Transfer-Encoding", "gzip, chunked"] in seen["headers"]
+    assert seen["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+    after = side.scrape()
+    assert (
+        after.get("mlmon_payload_inspection_skipped_total", model="m", reason="content_encoding")
+        == skipped + 1
+    )
+    assert after.get("mlmon_payload_errors_total") == errors
 
 
 def test_a_chunked_response_is_streamed_back_whole(side: SidecarProc) -> None:

@@ -120,6 +120,12 @@ class Instrumentation:
         if ex.truncated:
             metrics.inspection_skipped.labels(metrics.name, c.SKIP_TOO_LARGE).inc()
             return
+        enc = ex.noted.get(b"content-encoding")
+        if ex.req_te is not None or (enc is not None and enc.strip().lower() != b"identity"):
+            # compressed (Triton accepts gzip/deflate requests): forwarded as it came,
+            # not parsed, and not a payload error
+            metrics.inspection_skipped.labels(metrics.name, c.SKIP_CONTENT_ENCODING).inc()
+            return
         ctype = ex.content_type
         if not _is_json(ctype) and not (self._csv_ok and ctype is not None and b"csv" in ctype):
             metrics.inspection_skipped.labels(metrics.name, c.SKIP_CONTENT_TYPE).inc()

@@ -334,7 +334,7 @@ class SidecarMetrics:
         # Pre-create children so that rates and coverage ratios exist from the first scrape.
         for reason in c.PAYLOAD_REASONS:
             self.payload_errors.labels(self.name, model.protocol, reason)
-        for reason in (c.SKIP_TOO_LARGE, c.SKIP_CONTENT_TYPE):
+        for reason in (c.SKIP_TOO_LARGE, c.SKIP_CONTENT_TYPE, c.SKIP_CONTENT_ENCODING):
             self.inspection_skipped.labels(self.name, reason)
         self.rejected.labels(self.name, c.REJECT_TOO_LARGE)
 

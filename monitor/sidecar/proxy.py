@@ -79,7 +79,10 @@ class _RefusedError(Exception):
     """Raised inside a parser callback to stop reading a request head."""
 
 
-_NOTED = frozenset({b"expect", b"traceparent", b"tracestate", b"x-request-id", b"idempotency-key"})
+_NOTED = frozenset(
+    {b"expect", b"traceparent", b"tracestate", b"x-request-id", b"idempotency-key",
+     b"content-encoding"}
+)  # fmt: skip
 """Request headers the proxy and its observer look at, kept in ``Exchange.noted``."""
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _CRLF = b"\r\n"
@@ -145,6 +148,7 @@ class Exchange:
         "reason",
         "req_chunked",
         "req_done",
+        "req_te",
         "resp_collect",
         "resp_content_type",
         "resp_parts",
@@ -174,6 +178,9 @@ class Exchange:
         self.has_host = False
         self.keep_alive = True
         self.req_chunked = False
+        # Transfer-Encoding with codings before chunked (e.g. "gzip, chunked"): sent on
+        # as it came, since the parser removes only the chunked framing
+        self.req_te: bytes | None = None
         self.content_length: int | None = None
         self.content_type: bytes | None = None
         self.noted: dict[bytes, bytes] = {}
@@ -563,7 +570,10 @@ class DownstreamProtocol(asyncio.Protocol):
                 except ValueError:
                     pass
             elif n == b"transfer-encoding":
-                ex.req_chunked = b"chunked" in value.lower()
+                low = value.lower()
+                ex.req_chunked = b"chunked" in low
+                if ex.req_chunked and low.replace(b" ", b"").replace(b"\t", b"") != b"chunked":
+                    ex.req_te = value
             elif n == b"content-type":
                 ex.content_type = value
             elif n == b"host":
@@ -897,7 +907,9 @@ class ProxyServer:
         if conn_tokens:  # headers named in Connection are hop-by-hop too (RFC 9110 7.6.1)
             parts = _rebuild_without(parts, conn_tokens - {b"host"})
         if ex.req_chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
+            te = ex.req_te
+            parts.append(b"Transfer-Encoding: chunked\r\n" if te is None else
+                         b"Transfer-Encoding: %b\r\n" % te)  # fmt: skip
         if not ex.has_host:  # HTTP/1.0 may omit Host; the HTTP/1.1 request upstream needs one
             parts.append(pool.host_header)
         if trace is not None:
