@@ -185,6 +185,20 @@ def test_a_current_file_with_none_of_the_features_is_an_error_not_a_quiet_no_ver
     assert res.features["x"].status != "skipped"
 
 
+def test_a_csv_with_a_repeated_column_name_is_refused_not_renamed(tmp_path: Path) -> None:
+    """Case (break-it trial): pandas renamed the second ``x`` to ``x.1``, so it was
+    silently left out, though duplicate names are documented as an error."""
+    from monitor.drift.reference import read_table
+
+    cur = tmp_path / "cur.csv"
+    cur.write_text("x,y,x\n1,2,3\n")
+    with pytest.raises(DriftError) as err:
+        read_table(cur)
+    assert str(err.value) == f"{cur}: duplicate column names: x"
+    cur.write_text("x,y,x.1\n1,2,3\n")  # a real column named x.1 is fine
+    assert list(read_table(cur).columns) == ["x", "y", "x.1"]
+
+
 def test_an_empty_capture_window_is_insufficient_data_not_missing(tmp_path: Path) -> None:
     spec = _spec(tmp_path, _data())
     (tmp_path / "capture").mkdir()

@@ -147,14 +147,25 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if p.suffix.lower() in (".parquet", ".pq"):
             return pd.read_parquet(p)
         if p.suffix.lower() in (".csv", ".txt") or p.name.lower().endswith(".csv.gz"):
-            return pd.read_csv(p)
+            return _read_csv(p)
         with p.open("rb") as fh:
             magic = fh.read(4)
-        return pd.read_parquet(p) if magic == b"PAR1" else pd.read_csv(p)
+        return pd.read_parquet(p) if magic == b"PAR1" else _read_csv(p)
     except DriftError:
         raise
     except Exception as e:
         raise DriftError(f"{p}: cannot read as Parquet or CSV: {e}") from e
+
+
+def _read_csv(p: Path) -> pd.DataFrame:
+    """``pd.read_csv``, refusing repeated header names, which pandas renames (``x``,
+    ``x.1``) so that the second column would be silently left out."""
+    head = pd.read_csv(p, header=None, nrows=1, dtype=str, keep_default_na=False)
+    names = [str(v) for v in head.iloc[0].tolist()] if len(head) else []
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DriftError(f"{p}: duplicate column names: {', '.join(dup)}")
+    return pd.read_csv(p)
 
 
 def default_cache_dir() -> Path:
