@@ -797,12 +797,17 @@ class MitigatorSpec(_Model):
     def _one_token(self) -> MitigatorSpec:
         if self.token_file is not None and self.token_env is not None:
             raise ValueError("give token_file or token_env, not both")
-        if not (
-            self.store.startswith("sqlite:///")
-            or self.store.startswith(("postgresql://", "postgres://"))
-        ):
-            raise ValueError("store: must be sqlite:///PATH or postgresql://...")
         return self
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        if not v.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(
+                f"{v!r}: must be sqlite:///PATH (sqlite:////abs/path for an absolute "
+                "one) or postgresql://..."
+            )
+        return v
 
 
 class MonitorSpec(_Model):

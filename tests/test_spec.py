@@ -160,6 +160,12 @@ def _mutate(path: list, value: object) -> dict:
             {"listen": "nohost"},
             "mitigator.listen: listen address 'nohost': expected HOST:PORT, e.g. 127.0.0.1:8000",
         ),
+        (
+            ["mitigator"],
+            {"store": "mysql://x"},
+            "mitigator.store: 'mysql://x': must be sqlite:///PATH (sqlite:////abs/path for an "
+            "absolute one) or postgresql://...",
+        ),
     ],
     ids=[
         "A max below min names the max field of that feature.",
@@ -186,6 +192,7 @@ def _mutate(path: list, value: object) -> dict:
         "Upstream port 0 is refused.",
         "A fragment in the upstream is refused.",
         "A mitigator listen address without a port is refused at validate time.",
+        "An unknown store scheme is named under mitigator.store.",
     ],
 )
 def test_each_problem_names_the_field_path(path: list, value: object, expected: str) -> None:
