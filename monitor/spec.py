@@ -568,8 +568,17 @@ def parse_listen(value: str) -> tuple[str, int]:
             the value and gives an example).
     """
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise MonitorError(f"listen address {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8000")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if (
+        not sep
+        or not (port.isascii() and port.isdigit())
+        or not 0 <= int(port) <= 65535
+        or any(ch in host for ch in "/@ \t")
+        or (":" in host and not bracketed)  # IPv6 needs brackets: [::1]:8000
+    ):
+        raise MonitorError(
+            f"listen address {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8000 or [::1]:8000"
+        )
     return host.strip("[]") or "0.0.0.0", int(port)
 
 

@@ -262,6 +262,16 @@ def test_huge_numbers_get_400_never_5xx(tmp_path: Path) -> None:
             400, "alerts[0].fingerprint: expected a non-empty string of at most 128 "
             "characters, got '" + "f" * 36 + "..."
         )  # fmt: skip
+        # a body that does not match its Content-Encoding: 400, not aiohttp's 500
+        req = urllib.request.Request(
+            f"{m.url}/v1/alerts", data=json.dumps(C26).encode(), method="POST",
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json",
+                     "Content-Encoding": "gzip"},
+        )  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=5)
+        assert err.value.code == 400
+        assert json.loads(err.value.read())["error"].startswith("body cannot be read as sent: ")
         assert "Traceback" not in m.log_path.read_text()
 
 

@@ -172,6 +172,15 @@ def test_get_answers_the_state_with_every_field(side: SidecarProc, fallback: Fau
     assert call(side, "GET")[1]["updated_at"] == body["updated_at"]
 
 
+def test_a_body_that_does_not_match_its_content_encoding_is_a_400(side: SidecarProc) -> None:
+    """Case (break-it trial): aiohttp's decoding error escaped the handler as a 500."""
+    status, data, _ = call(side, "PUT", b'{"quarantined": true}',
+                           headers={"Content-Type": "application/json",
+                                    "Content-Encoding": "gzip"})  # fmt: skip
+    assert status == 400 and data["error"].startswith("body: cannot be read as sent: "), data
+    assert call(side, "GET")[1]["quarantined"] is False
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

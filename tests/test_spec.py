@@ -162,6 +162,17 @@ def _mutate(path: list, value: object) -> dict:
         ),
         (
             ["mitigator"],
+            {"listen": "http://127.0.0.1:9500"},
+            "mitigator.listen: listen address 'http://127.0.0.1:9500': expected HOST:PORT",
+        ),
+        (
+            ["mitigator"],
+            {"listen": "::1:9500"},
+            "mitigator.listen: listen address '::1:9500': expected HOST:PORT, e.g. "
+            "127.0.0.1:8000 or [::1]:8000",
+        ),
+        (
+            ["mitigator"],
             {"store": "mysql://x"},
             "mitigator.store: 'mysql://x': must be sqlite:///PATH (sqlite:////abs/path for an "
             "absolute one) or postgresql://...",
@@ -192,6 +203,8 @@ def _mutate(path: list, value: object) -> dict:
         "Upstream port 0 is refused.",
         "A fragment in the upstream is refused.",
         "A mitigator listen address without a port is refused at validate time.",
+        "A URL is not a listen address.",
+        "An IPv6 listen address needs brackets.",
         "An unknown store scheme is named under mitigator.store.",
     ],
 )
@@ -465,6 +478,18 @@ def test_alerting_problems_name_the_field(
             "{{ startsAt }}",
         ),
         (
+            {"action": {"type": "http", "url": "http://h/x", "timeout_seconds": float("nan")}},
+            "mitigations[0].action: timeout_seconds: expected seconds in (0, 86400], got nan",
+        ),
+        (
+            {"action": {"type": "command", "argv": ["x"], "timeout_seconds": True}},
+            "mitigations[0].action: timeout_seconds: expected seconds in (0, 86400], got True",
+        ),
+        (
+            {"action": {"type": "http", "url": "http://h/a b"}},
+            "mitigations[0].action: url: 'http://h/a b' has whitespace or a control character",
+        ),
+        (
             {"action": {"type": "http", "url": "http://h/{{ nosuchthing }}"}},
             "mitigations[0].action: url: '{{ nosuchthing }}' is not a placeholder; use "
             "{{ labels.NAME }}, {{ annotations.NAME }}, {{ fingerprint }}, {{ status }} or "
@@ -486,6 +511,9 @@ def test_alerting_problems_name_the_field(
         "An unknown HTTP method is refused.",
         "An unterminated placeholder is refused (it would be sent literally).",
         "An unknown placeholder is refused.",
+        "A NaN action timeout is refused.",
+        "A boolean action timeout is refused.",
+        "Whitespace in an action URL is refused.",
     ],
 )
 def test_mitigation_actions_are_checked_when_the_spec_loads(policy: dict, expected: str) -> None:

@@ -6,6 +6,7 @@ actions without the mitigator's dependencies; :mod:`monitor.mitigator.actions` r
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -82,6 +83,11 @@ def check_action(action: Mapping[str, Any], where: str) -> None:
         url = action.get("url")
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
             raise ActionError(f"{p}url: expected an http(s) URL", retryable=False)
+        bare = TEMPLATE.sub("", url)  # placeholders may have spaces: {{ labels.model }}
+        if "{{" not in bare and (CONTROL.search(bare) or any(ch.isspace() for ch in bare)):
+            raise ActionError(
+                f"{p}url: {url[:80]!r} has whitespace or a control character", retryable=False
+            )
         method = action.get("method", "POST")
         if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
             raise ActionError(
@@ -111,6 +117,18 @@ def check_action(action: Mapping[str, Any], where: str) -> None:
         argv = action.get("argv")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
             raise ActionError(f"{p}argv: expected a non-empty list of strings", retryable=False)
+    if t in ("http", "command") and "timeout_seconds" in action:
+        ts = action["timeout_seconds"]
+        if (
+            isinstance(ts, bool)
+            or not isinstance(ts, int | float)
+            or not math.isfinite(ts)
+            or not 0 < ts <= 86_400
+        ):
+            raise ActionError(
+                f"{p}timeout_seconds: expected seconds in (0, 86400], got {_got(ts)}",
+                retryable=False,
+            )
     extra = sorted(set(action) - allowed)
     if extra:
         raise ActionError(

@@ -250,12 +250,17 @@ class Mitigator:
             return web.json_response({"error": f"body over {limit} bytes"}, status=413)
         chunks: list[bytes] = []
         size = 0
-        while size <= limit:  # a chunked body declares no length: read until EOF or over the limit
-            chunk = await request.content.read(limit + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
+        try:
+            while size <= limit:  # a chunked body declares no length: until EOF or over
+                chunk = await request.content.read(limit + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        except web.RequestPayloadError as e:  # e.g. Content-Encoding: gzip on plain JSON
+            self.m_notifications.labels("invalid").inc()
+            why = f"body cannot be read as sent: {e.__cause__ or e}"
+            return web.json_response({"error": why}, status=400)
         body = b"".join(chunks)
         if len(body) > limit:
             self.m_notifications.labels("too_large").inc()

@@ -404,7 +404,11 @@ class ControlPlane:
         parts: list[bytes] = []
         size = 0
         while True:
-            chunk = await request.content.read(MAX_BODY_BYTES + 1 - size)
+            try:
+                chunk = await request.content.read(MAX_BODY_BYTES + 1 - size)
+            except web.RequestPayloadError as e:  # e.g. Content-Encoding that lies
+                why = f"body: cannot be read as sent: {e.__cause__ or e}"
+                raise RequestError(400, why) from None
             if not chunk:
                 break
             parts.append(chunk)
