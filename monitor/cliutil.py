@@ -27,9 +27,10 @@ def fail(exc: MonitorError) -> NoReturn:
 
 
 class _BadHttpIsAWarning(logging.Filter):
-    """aiohttp logs an unparseable request (bad Content-Length, bad chunk size, ...) at
-    ERROR with a traceback, though it is the client's fault and the client got its 400.
-    This rewrites such a record as one WARNING line naming the client and the reason.
+    """aiohttp logs an unparseable request (bad Content-Length, bad chunk size, ...), or
+    a body it cannot decode, at ERROR with a traceback, though it is the client's fault
+    and the client got its 400. This rewrites such a record as one WARNING line with
+    the reason.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -37,14 +38,20 @@ class _BadHttpIsAWarning(logging.Filter):
         if exc is None:
             return True
         from aiohttp.http_exceptions import HttpProcessingError
+        from aiohttp.web_protocol import RequestPayloadError
 
-        if not isinstance(exc, HttpProcessingError):
+        if isinstance(exc, RequestPayloadError) and isinstance(exc.__cause__, HttpProcessingError):
+            # a body that cannot be decoded (Content-Encoding that lies, bad chunk):
+            # the handler answered 400; aiohttp logs it again when it drains the body
+            exc, said = exc.__cause__, "a request body could not be read"
+        elif isinstance(exc, HttpProcessingError):
+            try:
+                said = record.getMessage()
+            except Exception:  # a record that does not format is passed on as it is
+                return True
+        else:
             return True
         why = " ".join(str(exc.message).split("\n")[0].split()).rstrip(":") or type(exc).__name__
-        try:
-            said = record.getMessage()
-        except Exception:  # a record that does not format is passed on as it is
-            return True
         record.msg, record.args = "%s: answered %s, %s", (said, exc.code, why)
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         record.exc_info = record.exc_text = None
