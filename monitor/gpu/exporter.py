@@ -13,7 +13,6 @@ where one exporter per node is wanted (a DaemonSet), and turn the sidecar's off.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -25,8 +24,6 @@ from monitor.gpu.nvml import GpuCollector
 from monitor.metrics_http import MetricsServer
 
 __all__ = ["GpuExporter"]
-
-log = logging.getLogger("monitor.gpu")
 
 
 class GpuExporter:

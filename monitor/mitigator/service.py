@@ -367,7 +367,8 @@ class Mitigator:
         instead of it taking webhooks it will never act on."""
         if self._stopping:
             return
-        why = _worker_ended_error(task) or "ended without being stopped"
+        exc = None if task.cancelled() else task.exception()
+        why = "ended without being stopped" if exc is None else f"{type(exc).__name__}: {exc}"
         self._worker_error = why
         log.critical("the job worker stopped: %s; /-/ready answers 503", why)
 
@@ -636,14 +637,6 @@ class Mitigator:
 
         app.cleanup_ctx.append(start_worker)
         return app
-
-
-def _worker_ended_error(task: asyncio.Task[None]) -> str | None:
-    """Why the worker task ended, or None when it was cancelled or returned."""
-    if task.cancelled():
-        return None
-    exc = task.exception()
-    return None if exc is None else f"{type(exc).__name__}: {exc}"
 
 
 def _due(starts_at: float, min_firing: float, now: float) -> float:
