@@ -255,6 +255,19 @@ def test_huge_numbers_get_400_never_5xx(tmp_path: Path) -> None:
             400, "truncatedAlerts: expected an integer in [0, 2^63), got 9223372036854775808"
         )  # fmt: skip
         assert m.post({**C26, "truncatedAlerts": 2**63 - 1})[0] == 200
+        # "\ud800" is valid JSON but not text: it was a 503 (the store refused it) or,
+        # in a label, a job that crashed in its action; now a 400 naming the field
+        for field in ("fingerprint", "labels.model"):
+            alert = json.loads(json.dumps(C26["alerts"][0]))
+            node = alert
+            for k in field.split(".")[:-1]:
+                node = node[k]
+            node[field.split(".")[-1]] = "PLACEHOLDER"
+            raw = json.dumps({"version": "4", "alerts": [alert]}).encode()
+            status, body = m.post(raw.replace(b'"PLACEHOLDER"', b'"\\ud800x"'))
+            assert (status, body["error"]) == (
+                400, f"alerts[0].{field}: a string holds a lone UTF-16 surrogate"
+            )  # fmt: skip
         long_fp = json.loads(json.dumps(C26))
         long_fp["alerts"][0]["fingerprint"] = "f" * 200
         status, body = m.post(long_fp)

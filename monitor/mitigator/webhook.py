@@ -131,6 +131,30 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _lone_surrogate(value: Any, where: str) -> str | None:
+    """Path of the first key or string in ``value`` with a lone surrogate, else None."""
+    if isinstance(value, str):
+        return where if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if _SURROGATE.search(k):  # name the key, escaped so the message is text
+                key = k.encode("utf-8", "backslashreplace").decode("utf-8")
+                return f"{where}.{key}" if where else key
+            here = f"{where}.{k}" if where else str(k)
+            found = _lone_surrogate(v, here)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _lone_surrogate(v, f"{where}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def parse(body: bytes) -> Notification:
     """Parse and check one webhook body.
 
@@ -154,6 +178,10 @@ def parse(body: bytes) -> Notification:
         raise WebhookError(f"body is not usable JSON: {str(e)[:120]}") from None
     if not isinstance(doc, dict):
         raise WebhookError("body must be a JSON object (Alertmanager webhook version 4)")
+    where = _lone_surrogate(doc, "")
+    if where is not None:
+        # "\ud800" is valid JSON but not Unicode text: it cannot be stored or sent on
+        raise WebhookError(f"{where or 'body'}: a string holds a lone UTF-16 surrogate")
     if doc.get("version") != "4":
         raise WebhookError(f'version: expected "4", got {doc.get("version")!r}')
     raw_alerts = doc.get("alerts")
