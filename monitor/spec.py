@@ -588,6 +588,10 @@ def _check_http_url(v: str | None) -> str | None:
     parts = urlsplit(v)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{v!r}: must be an http:// or https:// URL with a host")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise ValueError(f"{v!r}: bad port: {exc}") from None
     return v
 
 

@@ -486,6 +486,14 @@ def test_alerting_problems_name_the_field(
             "mitigations[0].action: timeout_seconds: expected seconds in (0, 86400], got True",
         ),
         (
+            {"action": {"type": "http", "url": "http://127.0.0.1:99999/x"}},
+            "mitigations[0].action: url: expected an http(s) URL",
+        ),
+        (
+            {"action": {"type": "sidecar", "op": "quarantine", "urls": ["notaurl"]}},
+            "mitigations[0].action: urls: expected a list of http:// URLs",
+        ),
+        (
             {"action": {"type": "http", "url": "http://h/a b"}},
             "mitigations[0].action: url: 'http://h/a b' has whitespace or a control character",
         ),
@@ -513,6 +521,8 @@ def test_alerting_problems_name_the_field(
         "An unknown placeholder is refused.",
         "A NaN action timeout is refused.",
         "A boolean action timeout is refused.",
+        "An action URL with a port past 65535 is refused.",
+        "A sidecar action's urls items must be http URLs.",
         "Whitespace in an action URL is refused.",
     ],
 )
@@ -526,6 +536,9 @@ def test_mitigation_actions_are_checked_when_the_spec_loads(policy: dict, expect
 
 def test_an_http_action_with_json_and_known_placeholders_is_valid() -> None:
     data = base()
+    port = {"type": "http", "url": "http://127.0.0.1:{{ labels.port }}/x"}
+    data["mitigations"] = [{"name": "p", "match": {"alertname": "X"}, "action": port}]
+    assert parse_spec(data).mitigations[0].action["url"] == port["url"]
     body = '{"a": {"summary": "{{ annotations.summary }}", "at": "{{ startsAt }}"}}'
     action = {"type": "http", "method": "put", "url": "http://h/{{ labels.model }}",
               "headers": {"X-Alert": "{{ fingerprint }}"}, "body": body}  # fmt: skip

@@ -75,13 +75,14 @@ def check_action(action: Mapping[str, Any], where: str) -> None:
                 )
         urls = action.get("urls")
         if urls is not None and (
-            not isinstance(urls, list) or not all(isinstance(u, str) for u in urls)
+            not isinstance(urls, list) or not all(isinstance(u, str) and _url_ok(u) for u in urls)
         ):
             raise ActionError(f"{p}urls: expected a list of http:// URLs", retryable=False)
     elif t == "http":
         allowed = {"type", "method", "url", "headers", "body", "timeout_seconds"}
         url = action.get("url")
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+        # placeholders stand for text, maybe the host or port: "1" keeps both valid
+        if not isinstance(url, str) or not _url_ok(TEMPLATE.sub("1", url)):
             raise ActionError(f"{p}url: expected an http(s) URL", retryable=False)
         bare = TEMPLATE.sub("", url)  # placeholders may have spaces: {{ labels.model }}
         if "{{" not in bare and (CONTROL.search(bare) or any(ch.isspace() for ch in bare)):
@@ -135,6 +136,16 @@ def check_action(action: Mapping[str, Any], where: str) -> None:
             f"{where + ': ' if where else ''}unknown key(s) {', '.join(extra)} for a {t} action",
             retryable=False,
         )
+
+
+def _url_ok(url: str) -> bool:
+    """An http(s) URL with a host and, if given, a port in 0-65535."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _check_template(text: str, where: str) -> None:
